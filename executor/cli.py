@@ -1,0 +1,314 @@
+"""The `executor` command line.
+
+Exit codes mean something to scripts: 0 done, 1 not found or refused (nothing was changed),
+2 bad usage or invalid settings. `--json` prints machine-readable output on stdout; errors go to
+stderr as one line starting with `executor:`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import anyio
+
+from executor import __version__
+from executor.client import Client, SchemaError, SubmissionError, event_dict, execution_dict
+from executor.core import Phase
+from executor.logging import configure_logging
+from executor.plugin.loader import PluginLoadError
+from executor.plugin.registry import PluginRegistryError
+from executor.settings import Settings, SettingsError, load_settings
+from executor.store import AbortResult
+
+OK, REFUSED, USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        code = args.command(args, settings)
+    except SettingsError as err:
+        code = _fail(str(err), USAGE)
+    except CommandError as err:
+        code = _fail(str(err), err.code)
+    except (PluginLoadError, PluginRegistryError) as err:
+        code = _fail(f"plugins: {err}", USAGE)
+    except SchemaError as err:
+        code = _fail(str(err), REFUSED)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"executor: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="executor",
+        description="An asyncio task-execution daemon. Settings come from EXECUTOR_* variables and .env.",
+    )
+    parser.add_argument("--version", action="version", version=f"executor {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = commands.add_parser("run", help="run the daemon until SIGTERM or SIGINT")
+    run.set_defaults(command=_run)
+
+    submit = commands.add_parser("submit", parents=[as_json], help="submit an execution; prints its id")
+    submit.add_argument("task_type", metavar="TYPE")
+    submit.add_argument("--inputs", default="{}", metavar="JSON", help="a JSON object (default {})")
+    submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--max-attempts", type=int, default=None)
+    submit.set_defaults(command=_submit)
+
+    get = commands.add_parser("get", parents=[as_json], help="show one execution")
+    get.add_argument("id")
+    get.set_defaults(command=_get)
+
+    listing = commands.add_parser("list", parents=[as_json], help="list executions, newest first")
+    listing.add_argument("--phase", action="append", default=[], type=_phase, metavar="PHASE")
+    listing.add_argument("--task-type")
+    listing.add_argument("--unfinalized", action="store_true", help="finished but finalize has not succeeded")
+    listing.add_argument("--limit", type=_positive, default=50)
+    listing.set_defaults(command=_list)
+
+    events = commands.add_parser("events", parents=[as_json], help="the timeline of one execution")
+    events.add_argument("id")
+    events.set_defaults(command=_events)
+
+    abort = commands.add_parser("abort", parents=[as_json], help="ask the daemon to abort an execution")
+    abort.add_argument("id")
+    abort.add_argument("--reason", default="Aborted by user")
+    abort.set_defaults(command=_abort)
+
+    plugins = commands.add_parser(
+        "plugins", parents=[as_json], help="the plugins and the task types they handle"
+    )
+    plugins.set_defaults(command=_plugins)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(command=_migrate)
+    return parser
+
+
+def _phase(text: str) -> Phase:
+    try:
+        return Phase[text.upper().replace("-", "_")]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown phase {text!r}; phases: {', '.join(p.name for p in Phase)}"
+        ) from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _with_client(
+    settings: Settings, body: Callable[[Client], Awaitable[int]], *, with_plugins: bool = False
+) -> int:
+    async def go() -> int:
+        task_types = None
+        if with_plugins:
+            from executor.daemon import collect_registry
+
+            task_types = collect_registry(settings).resolver(settings.default_for_task_types)
+        client = await Client.connect(settings, task_types=task_types)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+
+    return anyio.run(go)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=None, sort_keys=False))
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.daemon import serve
+
+    anyio.run(serve, settings)
+    return OK
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        inputs = json.loads(args.inputs)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"--inputs is not valid JSON: {err}", USAGE) from None
+    if not isinstance(inputs, dict):
+        raise CommandError(f"--inputs must be a JSON object, not {type(inputs).__name__}", USAGE)
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--label {item!r} is not KEY=VALUE", USAGE)
+        labels[key] = value
+
+    async def body(client: Client) -> int:
+        try:
+            execution_id = await client.submit(
+                args.task_type, inputs, labels=labels, priority=args.priority, max_attempts=args.max_attempts
+            )
+        except SubmissionError as err:
+            raise CommandError(f"submission refused: {err}") from None
+        if args.json:
+            _print_json({"id": execution_id})
+        else:
+            print(execution_id)
+        return OK
+
+    return _with_client(settings, body, with_plugins=True)
+
+
+def _get(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client) -> int:
+        record = await client.get(args.id)
+        if record is None:
+            raise CommandError(f"no execution with id {args.id}")
+        data = execution_dict(record)
+        if args.json:
+            _print_json(data)
+            return OK
+        for key in ("id", "task_type", "phase", "phase_version", "reason", "attempt", "max_attempts"):
+            print(f"{key:<16}{data[key] if data[key] is not None else '-'}")
+        if record.error:
+            print(f"{'error':<16}{record.error.code} ({record.error.kind.value}): {record.error.message}")
+        for key in ("created_at", "updated_at", "finished_at", "finalized", "labels", "inputs", "outputs"):
+            value = data[key]
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            print(f"{key:<16}{shown if shown is not None else '-'}")
+        return OK
+
+    return _with_client(settings, body)
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client) -> int:
+        records = await client.list_executions(
+            phases=args.phase, task_type=args.task_type, unfinalized=args.unfinalized, limit=args.limit
+        )
+        if args.json:
+            _print_json([execution_dict(record) for record in records])
+            return OK
+        print(f"{'ID':<38}{'TASK TYPE':<20}{'PHASE':<22}{'ATTEMPT':<9}{'CREATED':<21}REASON")
+        for record in records:
+            created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            phase = f"{record.phase.name} v{record.phase_version}"
+            print(
+                f"{record.id:<38}{record.task_type[:19]:<20}{phase:<22}{record.attempt:<9}{created:<21}"
+                f"{record.reason or ''}"
+            )
+        return OK
+
+    return _with_client(settings, body)
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client) -> int:
+        if await client.get(args.id) is None:
+            raise CommandError(f"no execution with id {args.id}")
+        timeline = await client.events(args.id)
+        if args.json:
+            _print_json([event_dict(event) for event in timeline])
+            return OK
+        print(f"{'#':<4}{'ATTEMPT':<9}{'PHASE':<28}{'AT':<28}{'LASTED':<10}REASON")
+        for index, event in enumerate(timeline):
+            at = datetime.fromtimestamp(event.occurred_at, UTC).isoformat(timespec="milliseconds")
+            following = timeline[index + 1].occurred_at if index + 1 < len(timeline) else None
+            lasted = f"{following - event.occurred_at:.3f}s" if following is not None else "-"
+            phase = f"{event.phase.name} v{event.phase_version}"
+            reason = event.reason or ""
+            if event.error is not None:
+                reason = f"{reason}: {event.error.message}" if reason else event.error.message
+            print(f"{event.seq:<4}{event.attempt:<9}{phase:<28}{at:<28}{lasted:<10}{reason}")
+        return OK
+
+    return _with_client(settings, body)
+
+
+def _abort(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(client: Client) -> int:
+        result = await client.abort(args.id, args.reason)
+        if result is AbortResult.NOT_FOUND:
+            raise CommandError(f"no execution with id {args.id}")
+        message = {
+            AbortResult.REQUESTED: "abort requested; the daemon aborts it in its next round",
+            AbortResult.ALREADY_FINISHED: "already finished; nothing to abort",
+        }[result]
+        if args.json:
+            _print_json({"id": args.id, "result": result.value, "message": message})
+        else:
+            print(f"{args.id}: {message}")
+        return OK
+
+    return _with_client(settings, body)
+
+
+def _plugins(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.daemon import collect_registry
+
+    registry = collect_registry(settings)
+    resolver = registry.resolver(settings.default_for_task_types)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": entry.id,
+            "task_types": [t for t in resolver.task_types if resolver.plugin_id_for(t) == entry.id],
+            "is_default": entry.is_default,
+            "source": registry.source_of(entry.id),
+        }
+        for entry in registry.entries
+    ]
+    if args.json:
+        _print_json(rows)
+        return OK
+    print(f"{'PLUGIN':<20}{'TASK TYPES':<30}{'DEFAULT':<9}SOURCE")
+    for row in rows:
+        print(
+            f"{row['id']:<20}{', '.join(row['task_types']) or '-':<30}{'yes' if row['is_default'] else '':<9}"
+            f"{row['source']}"
+        )
+    return OK
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        from executor.store import Store
+        from executor.store.migrate import current_revision, upgrade
+
+        store = Store.from_url(settings.database_url)
+        try:
+            await upgrade(store.engine)
+            print(f"{store.url}: schema at revision {await current_revision(store.engine)}")
+        finally:
+            await store.close()
+        return OK
+
+    return anyio.run(go)

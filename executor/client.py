@@ -1,0 +1,204 @@
+"""The Python API over the store, for services that enqueue work and for the CLI.
+
+A submission is checked before anything is stored: the task type must be one some plugin
+handles, the inputs a JSON object. The daemon need not be running; it picks the work up when it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from executor.core import Phase
+from executor.core.records import EventRecord, ExecutionRecord
+from executor.plugin.registry import TaskTypeResolver
+from executor.settings import Settings, load_settings
+from executor.store import AbortResult, Store, Submission
+from executor.store.migrate import current_revision, head_revision, upgrade
+
+
+class SubmissionError(ValueError):
+    """A submission refused before anything was stored; the message says why."""
+
+
+class SchemaError(RuntimeError):
+    """The database is not migrated to the schema this version needs."""
+
+
+class Client:
+    def __init__(
+        self, store: Store, *, task_types: TaskTypeResolver | None = None, default_max_attempts: int = 1
+    ):
+        self.store = store
+        self._task_types = task_types
+        self._default_max_attempts = default_max_attempts
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings | None = None,
+        *,
+        task_types: TaskTypeResolver | None = None,
+        migrate: bool | None = None,
+    ) -> Client:
+        """Open the store the settings name, bringing its schema up to date when allowed."""
+        settings = settings or load_settings()
+        store = Store.from_url(settings.database_url)
+        try:
+            await ensure_schema(store, migrate=settings.migrate_on_start if migrate is None else migrate)
+        except BaseException:
+            await store.close()
+            raise
+        return cls(store, task_types=task_types, default_max_attempts=settings.default_max_attempts)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        task_type: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        not_before: datetime | None = None,
+    ) -> str:
+        submission = self.validate(task_type, inputs, labels, priority, max_attempts, not_before)
+        return await self.store.submit(submission, now=time.time())
+
+    async def submit_many(self, submissions: Sequence[Submission]) -> list[str]:
+        """Bulk submission of already-built submissions (each still validated)."""
+        checked = [
+            self.validate(s.task_type, s.inputs, s.labels, s.priority, s.max_attempts, None)
+            for s in submissions
+        ]
+        return await self.store.submit_many(checked, now=time.time())
+
+    def validate(
+        self,
+        task_type: str,
+        inputs: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        not_before: datetime | None = None,
+    ) -> Submission:
+        if not task_type:
+            raise SubmissionError("the task type is empty")
+        if self._task_types is not None and self._task_types.plugin_id_for(task_type) is None:
+            known = ", ".join(self._task_types.task_types) or "none"
+            raise SubmissionError(f"unknown task type {task_type!r}; known task types: {known}")
+        inputs = {} if inputs is None else inputs
+        if not isinstance(inputs, Mapping):
+            raise SubmissionError(f"inputs must be a JSON object, not {type(inputs).__name__}")
+        try:
+            json.dumps(inputs, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise SubmissionError(f"inputs cannot be stored as JSON: {err}") from None
+        labels = dict(labels or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise SubmissionError("labels must map strings to strings")
+        attempts = self._default_max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise SubmissionError(f"max_attempts must be at least 1, got {attempts}")
+        if not_before is not None and not_before.tzinfo is None:
+            raise SubmissionError("not_before must be timezone-aware")
+        return Submission(
+            task_type=task_type,
+            inputs=dict(inputs),
+            labels=labels,
+            priority=priority,
+            max_attempts=attempts,
+            not_before=not_before.timestamp() if not_before is not None else None,
+        )
+
+    async def get(self, execution_id: str) -> ExecutionRecord | None:
+        return await self.store.get(execution_id)
+
+    async def list_executions(
+        self,
+        *,
+        phases: Sequence[Phase] = (),
+        task_type: str | None = None,
+        unfinalized: bool = False,
+        limit: int = 50,
+    ) -> list[ExecutionRecord]:
+        return await self.store.list_executions(
+            phases=phases, task_type=task_type, unfinalized=unfinalized, limit=limit
+        )
+
+    async def events(self, execution_id: str) -> list[EventRecord]:
+        return await self.store.events(execution_id)
+
+    async def abort(self, execution_id: str, reason: str = "Aborted by user") -> AbortResult:
+        return await self.store.request_abort(execution_id, reason, now=time.time())
+
+
+async def ensure_schema(store: Store, *, migrate: bool) -> None:
+    head = head_revision()
+    current = await current_revision(store.engine)
+    if current == head:
+        return
+    if not migrate:
+        raise SchemaError(
+            f"the database {store.url} is at schema revision {current or 'none'}, this executor needs "
+            f"{head}: run `executor migrate` (or unset EXECUTOR_MIGRATE_ON_START=false)"
+        )
+    await upgrade(store.engine)
+
+
+def _iso(seconds: float | None) -> str | None:
+    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
+
+
+def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
+    """The public JSON shape of an execution (`executor get --json`)."""
+    return {
+        "id": record.id,
+        "task_type": record.task_type,
+        "phase": record.phase.name,
+        "phase_version": record.phase_version,
+        "reason": record.reason,
+        "error": record.error.to_dict() if record.error else None,
+        "attempt": record.attempt,
+        "max_attempts": record.max_attempts,
+        "system_failures": record.system_failures,
+        "inputs": record.inputs,
+        "outputs": record.outputs,
+        "labels": record.labels,
+        "priority": record.priority,
+        "rounds": record.rounds,
+        "plugin_state_version": record.plugin_state_version,
+        "abort_requested": record.abort_requested,
+        "finalized": record.finalized,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "next_round_at": _iso(record.next_round_at),
+        "finished_at": _iso(record.finished_at),
+    }
+
+
+def event_dict(event: EventRecord) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "attempt": event.attempt,
+        "phase": event.phase.name,
+        "phase_version": event.phase_version,
+        "reason": event.reason,
+        "error": event.error.to_dict() if event.error else None,
+        "info": event.info,
+        "occurred_at": _iso(event.occurred_at),
+    }

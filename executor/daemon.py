@@ -1,0 +1,92 @@
+"""The daemon process: settings -> logging -> store (migrated) -> plugins -> the loop, with signals.
+
+SIGTERM and SIGINT stop claiming, let the round under way finish and commit within
+EXECUTOR_SHUTDOWN_GRACE, hand back any lease still held, and return.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+
+from executor.core import SetupContext
+from executor.logging import get_logger
+from executor.plugin.loader import collect
+from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
+from executor.plugin.resources import InProcessResourceManager
+from executor.reconciler import Reconciler
+from executor.settings import Settings
+from executor.store import Store
+from executor.store.migrate import upgrade
+
+
+def collect_registry(settings: Settings) -> PluginRegistry:
+    """Import the plugin modules the settings point at into a fresh registry."""
+    registry = PluginRegistry()
+    log = get_logger()
+
+    def missing(default: Path) -> None:
+        log.info("plugins.default_dir_missing", directory=str(default.resolve()), using="packaged built-ins")
+
+    collect(
+        registry,
+        settings.plugins_dir,
+        use_entry_points=settings.plugin_entry_points,
+        on_missing_default=missing,
+    )
+    return registry
+
+
+async def setup_plugins(
+    settings: Settings, resources: InProcessResourceManager, registry: PluginRegistry | None = None
+) -> LoadedPlugins:
+    registry = registry if registry is not None else collect_registry(settings)
+    setup = SetupContext(settings=settings, logger=get_logger(), resource_registrar=resources)
+    return await load_plugins(registry, setup, settings.default_for_task_types)
+
+
+async def serve(settings: Settings, *, started: anyio.Event | None = None) -> None:
+    log = get_logger(replica=settings.replica_id)
+    resources = InProcessResourceManager(settings.resource_quotas)
+    plugins = await setup_plugins(settings, resources)
+    store = Store.from_url(settings.database_url)
+    try:
+        if settings.migrate_on_start:
+            await upgrade(store.engine)
+        reconciler = Reconciler(store, plugins, settings, resource_manager=resources)
+        log.info(
+            "daemon.started",
+            database=store.url,
+            task_types=plugins.task_types,
+            plugins=sorted(plugins.by_id),
+            batch_size=settings.batch_size,
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(_on_signals, reconciler, group.cancel_scope, settings)
+            group.start_soon(store.watch_changes, reconciler.wakeup.set)
+            if started is not None:
+                started.set()
+            try:
+                await reconciler.run()
+            finally:
+                await reconciler.release_in_flight()
+            group.cancel_scope.cancel()
+        log.info("daemon.stopped", rounds=reconciler.rounds)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+async def _on_signals(reconciler: Reconciler, scope: anyio.CancelScope, settings: Settings) -> None:
+    log = get_logger(replica=settings.replica_id)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            grace = settings.shutdown_grace.total_seconds()
+            log.info("daemon.stopping", signal=signal.Signals(signum).name, grace_seconds=grace)
+            reconciler.stop()
+            break
+    await anyio.sleep(settings.shutdown_grace.total_seconds())
+    log.warning("daemon.grace_expired", detail="cancelling the round under way; its leases are released")
+    scope.cancel()

@@ -1,0 +1,1 @@
+"""The runtime side of the plugin contract: registry, loader, state manager, execution context."""

@@ -1,0 +1,311 @@
+"""The reconciliation loop: claim -> handle -> advance -> commit -> finalize, round after round.
+
+The loop only moves data. What each outcome means is decided by `lifecycle.advance`; where it is
+stored is the store's business. A round is a transaction: nothing a plugin returned is visible
+before the round commits, and a crash before that simply runs the round again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from executor import lifecycle
+from executor.core import Phase, PhaseInfo, Plugin, PluginStateError, Transition
+from executor.core.records import ExecutionRecord, RecordUpdate
+from executor.logging import get_logger
+from executor.plugin.registry import LoadedPlugins
+from executor.plugin.resources import InProcessResourceManager
+from executor.plugin.task_exec_context import SecretManager, TaskExecContext
+from executor.settings import Settings
+from executor.store import Store
+
+Clock = Callable[[], float]
+
+
+class Wakeup:
+    """Wakes the sleeping loop early; many wake-ups while it is busy coalesce into one."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True when woken. Clears the wake-up either way."""
+        woken = False
+        with anyio.move_on_after(max(seconds, 0.0)):
+            await self._event.wait()
+            woken = True
+        if self._event.is_set():
+            self._event = anyio.Event()
+        return woken
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStats:
+    number: int
+    claimed: int
+    committed: int
+    lost: int
+    finalized: int
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        plugins: LoadedPlugins,
+        settings: Settings,
+        *,
+        resource_manager: InProcessResourceManager | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.plugins = plugins
+        self.settings = settings
+        self.clock = clock
+        self.wakeup = Wakeup()
+        self.rounds = 0
+        self.last_round_at: float | None = None
+        self._stopping = False
+        self._limiter = anyio.CapacityLimiter(settings.max_parallelism)
+        self._policy = lifecycle.Policy(
+            max_system_failures=settings.max_system_failures,
+            backoff_base=settings.retry_backoff_base.total_seconds(),
+            backoff_max=settings.retry_backoff_max.total_seconds(),
+            default_requeue=settings.default_requeue.total_seconds(),
+            max_phase_versions=settings.max_phase_versions,
+        )
+        self._handle_timeout = settings.handle_timeout.total_seconds()
+        self._lease_ttl = settings.lease_ttl.total_seconds()
+        self._resources = resource_manager or InProcessResourceManager(settings.resource_quotas)
+        self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir)
+        self._log = get_logger(replica=settings.replica_id)
+        self._in_flight: tuple[str, list[str]] | None = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the round under way, then return from `run`."""
+        self._stopping = True
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                stats = await self.run_round()
+                failures = 0
+            except Exception as err:
+                if not _is_store_error(err):
+                    raise
+                failures += 1
+                delay = min(self.settings.poll_interval.total_seconds() * 2**failures, 30.0)
+                self._log.error("round.store_error", error=f"{type(err).__name__}: {err}", retry_in=delay)
+                await self.wakeup.wait(delay)
+                continue
+            if stats.claimed >= self.settings.batch_size or self._stopping:
+                continue  # more may be due right now
+            await self.wakeup.wait(await self._idle_delay())
+
+    async def _idle_delay(self) -> float:
+        poll = self.settings.poll_interval.total_seconds()
+        next_due = await self.store.next_due_at()
+        if next_due is None:
+            return poll
+        return min(poll, max(next_due - self.clock(), 0.0))
+
+    async def release_in_flight(self) -> None:
+        """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
+        if self._in_flight is not None:
+            token, ids = self._in_flight
+            self._in_flight = None
+            with anyio.CancelScope(shield=True):
+                await self.store.release_leases(token, ids)
+
+    # -- one round ----------------------------------------------------------------------------
+
+    async def run_round(self) -> RoundStats:
+        self.rounds += 1
+        number = self.rounds
+        token = str(uuid.uuid4())
+        claimed = await self.store.claim(
+            owner=self.settings.replica_id,
+            token=token,
+            limit=self.settings.batch_size,
+            lease_ttl=self._lease_ttl,
+            now=self.clock(),
+        )
+        self.last_round_at = self.clock()
+        if not claimed:
+            return RoundStats(number, 0, 0, 0, 0)
+        self._in_flight = (token, [record.id for record in claimed])
+        try:
+            return await self._drive(number, token, claimed)
+        finally:
+            self._in_flight = None
+
+    async def _drive(self, number: int, token: str, claimed: list[ExecutionRecord]) -> RoundStats:
+        awaiting_finalize = [record for record in claimed if record.phase.is_final]
+        active = [record for record in claimed if not record.phase.is_final]
+        outcomes: dict[str, lifecycle.Outcome] = {}
+
+        async def work(record: ExecutionRecord) -> None:
+            async with self._limiter:
+                outcomes[record.id] = await self._outcome(record, number)
+
+        async with anyio.create_task_group() as group:
+            for record in active:
+                group.start_soon(work, record)
+
+        now = self.clock()
+        updates = [lifecycle.advance(record, outcomes[record.id], now, self._policy) for record in active]
+        result = await self.store.commit_round(token, updates, now=now)
+        if result.lost:
+            self._log.warning(
+                "round.leases_lost", round=number, count=len(result.lost), ids=sorted(result.lost)
+            )
+        self._log_transitions(number, updates, result.committed)
+
+        finished = [u.record for u in updates if u.record.id in result.committed and u.record.phase.is_final]
+        finalized = await self._finalize(number, token, finished + awaiting_finalize)
+        self._log.debug(
+            "round.committed", round=number, claimed=len(claimed), committed=len(result.committed)
+        )
+        return RoundStats(number, len(claimed), len(result.committed), len(result.lost), finalized)
+
+    async def _outcome(self, record: ExecutionRecord, number: int) -> lifecycle.Outcome:
+        plugin = self.plugins.for_task_type(record.task_type)
+        if record.abort_requested:
+            return await self._abort(record, plugin, number)
+        if plugin is None:
+            return lifecycle.NoPlugin(record.task_type, tuple(self.plugins.task_types))
+        tctx = self._context(record, plugin, number)
+        try:
+            with anyio.fail_after(self._handle_timeout):
+                returned = await _call(plugin, plugin.handle, tctx)
+        except TimeoutError:
+            return lifecycle.SystemFault(
+                "HandleTimeout",
+                f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
+            )
+        except PluginStateError as err:
+            return lifecycle.Rejected("PluginStateUnreadable", str(err))
+        except Exception as err:
+            tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
+            return lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+        if not isinstance(returned, Transition) or not isinstance(returned.phase_info, PhaseInfo):
+            return lifecycle.Rejected(
+                "InvalidTransition", f"handle returned {_describe(returned)}, expected a Transition"
+            )
+        if not isinstance(returned.phase_info.phase, Phase):
+            return lifecycle.Rejected(
+                "InvalidTransition", f"phase {returned.phase_info.phase!r} is not a Phase"
+            )
+        for problem in (tctx.state.problem, tctx.output_writer.problem):
+            if problem is not None:
+                return lifecycle.Rejected(*problem)
+        return lifecycle.Handled(returned, tctx.state.change, tctx.output_writer.outputs)
+
+    async def _abort(self, record: ExecutionRecord, plugin: Plugin | None, number: int) -> lifecycle.Outcome:
+        reason = record.abort_reason or "Aborted"
+        if plugin is None or record.rounds == 0:
+            return lifecycle.AbortRequested(reason)  # nothing ever started: nothing to stop
+        tctx = self._context(record, plugin, number)
+        try:
+            with anyio.fail_after(self._handle_timeout):
+                await _call(plugin, plugin.abort, tctx)
+        except Exception as err:
+            tctx.logger.warning("abort.raised", error=f"{type(err).__name__}: {err}")
+            return lifecycle.AbortRequested(reason, abort_error=f"abort raised {type(err).__name__}: {err}")
+        return lifecycle.AbortRequested(reason)
+
+    async def _finalize(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
+        if not records:
+            return 0
+        done: list[ExecutionRecord] = []
+
+        async def one(record: ExecutionRecord) -> None:
+            plugin = self.plugins.for_task_type(record.task_type)
+            succeeded = True
+            if plugin is not None:
+                tctx = self._context(record, plugin, number)
+                try:
+                    async with self._limiter:
+                        with anyio.fail_after(self._handle_timeout):
+                            await _call(plugin, plugin.finalize, tctx)
+                except Exception as err:
+                    succeeded = False
+                    tctx.logger.warning("finalize.raised", error=f"{type(err).__name__}: {err}")
+            done.append(
+                lifecycle.finalized(record, succeeded=succeeded, now=self.clock(), policy=self._policy)
+            )
+
+        async with anyio.create_task_group() as group:
+            for record in records:
+                group.start_soon(one, record)
+        result = await self.store.record_finalized(token, done)
+        return sum(1 for record in done if record.finalized and record.id in result.committed)
+
+    def _context(self, record: ExecutionRecord, plugin: Plugin, number: int) -> TaskExecContext:
+        return TaskExecContext(
+            record,
+            properties=plugin.properties,
+            max_state_bytes=self.settings.max_plugin_state_bytes,
+            resource_manager=self._resources,
+            secret_manager=self._secrets,
+            logger=self._log.bind(
+                execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
+            ),
+        )
+
+    def _log_transitions(self, number: int, updates: list[RecordUpdate], committed: frozenset[str]) -> None:
+        for update in updates:
+            if not update.events or update.record.id not in committed:
+                continue
+            record = update.record
+            for event in update.events:
+                self._log.info(
+                    "execution.phase",
+                    execution_id=record.id,
+                    task_type=record.task_type,
+                    attempt=event.attempt,
+                    round=number,
+                    phase=event.phase.name,
+                    phase_version=event.phase_version,
+                    reason=event.reason,
+                    error=event.error.message if event.error else None,
+                )
+
+
+async def _call(plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext) -> Any:
+    """Call a plugin method; a plugin that declares itself blocking runs on a worker thread with
+    an event loop of its own, so it cannot stall the round."""
+    if not plugin.properties.blocking:
+        return await method(tctx)
+
+    def in_thread() -> Any:
+        return asyncio.run(method(tctx))  # type: ignore[arg-type]
+
+    return await anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
+def _is_store_error(err: BaseException) -> bool:
+    """Errors of the database or its connection: the loop retries those instead of dying."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(err, DBAPIError | OperationalError | OSError | ConnectionError)

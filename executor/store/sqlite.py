@@ -1,0 +1,56 @@
+"""SQLite: WAL, one writer at a time, and transactions that take the write lock up front.
+
+pysqlite's own transaction handling is switched off so that write transactions can begin with
+`BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail with SQLITE_BUSY
+when another process got the lock in between, and `busy_timeout` does not help in that case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from executor.store.dialect import Dialect, claim_statement
+
+#: Must stay the literal predicate of `ix_executions_claimable` (see tables.py).
+CLAIMABLE = "finalized = 0"
+
+DIALECT = Dialect(
+    name="sqlite",
+    claim_sql=claim_statement(CLAIMABLE, ""),
+    lock_suffix="",
+    engine_options={"connect_args": {"timeout": 30}},
+)
+
+BEGIN_OPTION = "executor_sqlite_begin"
+
+
+def prepare_url(url: str) -> None:
+    """Create the database file's directory, so a fresh path just works."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def configure(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=30000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,477 @@
+"""The store: every query the daemon, the client and the CLI make, in one place.
+
+A round costs a fixed number of statements whatever its size: one claim, one lease check, one
+batched update per shape of change, one batched insert of events. Finished executions cost
+nothing: claims read the partial index of rows that still need a round.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from sqlalchemy import Row, bindparam, case, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from executor.core import ExecutionError, Phase
+from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
+from executor.store import postgres, sqlite
+from executor.store.dialect import Dialect
+from executor.store.tables import events, executions
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    task_type: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 1
+    #: Seconds since the epoch before which the first round must not run.
+    not_before: float | None = None
+
+
+class AbortResult(enum.Enum):
+    REQUESTED = "requested"
+    ALREADY_FINISHED = "already_finished"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    committed: frozenset[str]
+    #: Executions whose lease another replica took meanwhile: their round was dropped, not written.
+    lost: frozenset[str]
+
+
+class StoreError(Exception):
+    pass
+
+
+def dialect_for(url: str) -> Dialect:
+    if url.startswith("sqlite"):
+        return sqlite.DIALECT
+    if url.startswith("postgresql"):
+        return postgres.DIALECT
+    raise StoreError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    dialect = dialect_for(url)
+    if dialect is sqlite.DIALECT:
+        sqlite.prepare_url(url)
+    engine = create_async_engine(url, **dialect.engine_options)
+    if dialect is sqlite.DIALECT:
+        sqlite.configure(engine)
+    return engine
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = dialect_for(engine.url.render_as_string(hide_password=False))
+        # Write transactions take SQLite's write lock at BEGIN (see sqlite.py); PostgreSQL ignores it.
+        self._writer = engine.execution_options(**{sqlite.BEGIN_OPTION: "IMMEDIATE"})
+        self._claim = text(self.dialect.claim_sql)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(create_engine(url))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit(self, submission: Submission, *, now: float) -> str:
+        return (await self.submit_many([submission], now=now))[0]
+
+    async def submit_many(self, submissions: Sequence[Submission], *, now: float) -> list[str]:
+        """Store new executions, each QUEUED with its first event, in one transaction."""
+        rows, first_events, ids = [], [], []
+        for submission in submissions:
+            execution_id = str(uuid.uuid4())
+            ids.append(execution_id)
+            rows.append(_new_row(execution_id, submission, now))
+            first_events.append(
+                _event_row(
+                    EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"),
+                )
+            )
+        if not rows:
+            return []
+        async with self._writer.begin() as conn:
+            await conn.execute(insert(executions), rows)
+            await conn.execute(insert(events), first_events)
+        return ids
+
+    # -- the round ----------------------------------------------------------------------------
+
+    async def claim(
+        self, *, owner: str, token: str, limit: int, lease_ttl: float, now: float
+    ) -> list[ExecutionRecord]:
+        """Lease up to `limit` due executions to `owner` under `token`, oldest due first."""
+        params = {"owner": owner, "token": token, "expires": now + lease_ttl, "now": now, "limit": limit}
+        async with self._writer.begin() as conn:
+            result = await conn.execute(self._claim, params)
+            rows = result.all()
+        return [_record(row) for row in rows]
+
+    async def commit_round(self, token: str, updates: Sequence[RecordUpdate], *, now: float) -> CommitResult:
+        """Write a round's results in one transaction, only for rows whose lease is still `token`.
+
+        A final record keeps its lease until `record_finalized`, so that no other replica runs
+        `finalize` meanwhile; every other record's lease is released.
+        """
+        if not updates:
+            return CommitResult(frozenset(), frozenset())
+        wanted = [update.record.id for update in updates]
+        async with self._writer.begin() as conn:
+            kept = await self._still_leased(conn, token, wanted)
+            mine = [update for update in updates if update.record.id in kept]
+            for statement, rows in _grouped_updates(mine, token, now):
+                await conn.execute(statement, rows)
+            new_events = [_event_row(event) for update in mine for event in update.events]
+            if new_events:
+                await conn.execute(insert(events), new_events)
+        return CommitResult(frozenset(kept), frozenset(wanted) - kept)
+
+    async def record_finalized(self, token: str, records: Sequence[ExecutionRecord]) -> CommitResult:
+        """Store the outcome of `finalize` (see `lifecycle.finalized`) and release the leases."""
+        if not records:
+            return CommitResult(frozenset(), frozenset())
+        wanted = [record.id for record in records]
+        statement = (
+            update(executions)
+            .where(executions.c.id == bindparam("_id"), executions.c.lease_token == bindparam("_token"))
+            .values(
+                finalized=bindparam("v_finalized"),
+                system_failures=bindparam("v_system_failures"),
+                next_round_at=bindparam("v_next_round_at"),
+                updated_at=bindparam("v_updated_at"),
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        )
+        rows = [
+            {
+                "_id": record.id,
+                "_token": token,
+                "v_finalized": record.finalized,
+                "v_system_failures": record.system_failures,
+                "v_next_round_at": record.next_round_at,
+                "v_updated_at": record.updated_at,
+            }
+            for record in records
+        ]
+        async with self._writer.begin() as conn:
+            kept = await self._still_leased(conn, token, wanted)
+            mine = [row for row in rows if row["_id"] in kept]
+            if mine:
+                await conn.execute(statement, mine)
+        return CommitResult(frozenset(kept), frozenset(wanted) - kept)
+
+    async def release_leases(self, token: str, ids: Iterable[str]) -> None:
+        """Give up leases without writing a round (shutdown): other replicas may claim at once."""
+        id_list = list(ids)
+        if not id_list:
+            return
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(executions)
+                .where(executions.c.id.in_(id_list), executions.c.lease_token == token)
+                .values(lease_owner=None, lease_token=None, lease_expires_at=None)
+            )
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest execution that still needs a round is due (None: nothing pending)."""
+        claimable = sqlite.CLAIMABLE if self.dialect is sqlite.DIALECT else postgres.CLAIMABLE
+        async with self.engine.connect() as conn:
+            result = await conn.execute(text(f"SELECT min(next_round_at) FROM executions WHERE {claimable}"))
+            value = result.scalar()
+        return float(value) if value is not None else None
+
+    async def _still_leased(self, conn: AsyncConnection, token: str, ids: list[str]) -> set[str]:
+        query = select(executions.c.id).where(executions.c.id.in_(ids), executions.c.lease_token == token)
+        if self.dialect is postgres.DIALECT:
+            query = query.with_for_update()  # nobody may take these leases until we commit
+        result = await conn.execute(query)
+        return {row[0] for row in result}
+
+    async def watch_changes(self, on_change: Callable[[], None], interval: float = 0.02) -> None:
+        """Call `on_change` whenever another connection commits (runs until cancelled).
+
+        SQLite has no LISTEN/NOTIFY; `PRAGMA data_version` changes when any other connection,
+        in this process or another, commits. Polling it costs no disk I/O, so submissions from
+        the CLI wake an idle daemon within `interval`. On PostgreSQL this returns at once and
+        the loop falls back to its poll interval.
+        """
+        if self.dialect is not sqlite.DIALECT:
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection  # aiosqlite, in autocommit: no transaction is held open
+            assert driver is not None
+            last = None
+            while True:
+                async with driver.execute("PRAGMA data_version") as cursor:
+                    row = await cursor.fetchone()
+                version = row[0] if row else None
+                if last is not None and version != last:
+                    on_change()
+                last = version
+                await anyio.sleep(interval)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def get(self, execution_id: str) -> ExecutionRecord | None:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(select(executions).where(executions.c.id == execution_id))
+            row = result.first()
+        return _record(row) if row is not None else None
+
+    async def list_executions(
+        self,
+        *,
+        phases: Sequence[Phase] = (),
+        task_type: str | None = None,
+        unfinalized: bool = False,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+    ) -> list[ExecutionRecord]:
+        """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+        query = select(executions)
+        if phases:
+            query = query.where(executions.c.phase.in_([int(phase) for phase in phases]))
+        if task_type is not None:
+            query = query.where(executions.c.task_type == task_type)
+        if unfinalized:
+            final = [int(phase) for phase in (Phase.SUCCESS, Phase.PERMANENT_FAILURE, Phase.ABORTED)]
+            query = query.where(executions.c.phase.in_(final), executions.c.finalized.is_(False))
+        if before is not None:
+            created_at, last_id = before
+            older: ColumnElement[bool] = (executions.c.created_at < created_at) | (
+                (executions.c.created_at == created_at) & (executions.c.id < last_id)
+            )
+            query = query.where(older)
+        query = query.order_by(executions.c.created_at.desc(), executions.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
+
+    async def count_by_phase(self) -> dict[Phase, int]:
+        query = select(executions.c.phase, func.count()).group_by(executions.c.phase)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {Phase(phase): count for phase, count in rows}
+
+    async def events(self, execution_id: str) -> list[EventRecord]:
+        query = select(events).where(events.c.execution_id == execution_id).order_by(events.c.seq)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            EventRecord(
+                execution_id=row.execution_id,
+                seq=row.seq,
+                attempt=row.attempt,
+                phase=Phase(row.phase),
+                phase_version=row.phase_version,
+                occurred_at=row.occurred_at,
+                reason=row.reason,
+                error=ExecutionError.from_dict(json.loads(row.error)) if row.error else None,
+                info=json.loads(row.info) if row.info else None,
+            )
+            for row in rows
+        ]
+
+    # -- abort --------------------------------------------------------------------------------
+
+    async def request_abort(self, execution_id: str, reason: str, *, now: float) -> AbortResult:
+        """Record an abort request and make the execution due now; the next round carries it out."""
+        final = [int(phase) for phase in (Phase.SUCCESS, Phase.PERMANENT_FAILURE, Phase.ABORTED)]
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                update(executions)
+                .where(executions.c.id == execution_id, executions.c.phase.not_in(final))
+                .values(abort_requested=True, abort_reason=reason, next_round_at=now, updated_at=now)
+            )
+            if result.rowcount:
+                return AbortResult.REQUESTED
+            exists = await conn.execute(select(executions.c.id).where(executions.c.id == execution_id))
+            return AbortResult.ALREADY_FINISHED if exists.first() else AbortResult.NOT_FOUND
+
+
+def _new_row(execution_id: str, submission: Submission, now: float) -> dict[str, Any]:
+    return {
+        "id": execution_id,
+        "task_type": submission.task_type,
+        "inputs": _dumps(dict(submission.inputs)),
+        "outputs": None,
+        "labels": _dumps(dict(submission.labels)),
+        "priority": submission.priority,
+        "phase": int(Phase.QUEUED),
+        "phase_version": 0,
+        "reason": "Submitted",
+        "error": None,
+        "info": None,
+        "plugin_state": None,
+        "plugin_state_version": 0,
+        "attempt": 1,
+        "max_attempts": submission.max_attempts,
+        "system_failures": 0,
+        "event_seq": 1,
+        "rounds": 0,
+        "created_at": now,
+        "updated_at": now,
+        "next_round_at": max(now, submission.not_before or now),
+        "attempt_started_at": None,
+        "finished_at": None,
+        "abort_requested": False,
+        "abort_reason": None,
+        "finalized": False,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+    }
+
+
+def _record(row: Row[Any]) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row.id,
+        task_type=row.task_type,
+        inputs=json.loads(row.inputs),
+        outputs=json.loads(row.outputs) if row.outputs is not None else None,
+        labels=json.loads(row.labels),
+        priority=row.priority,
+        phase=Phase(row.phase),
+        phase_version=row.phase_version,
+        reason=row.reason,
+        error=ExecutionError.from_dict(json.loads(row.error)) if row.error else None,
+        info=json.loads(row.info) if row.info else None,
+        plugin_state=row.plugin_state,
+        plugin_state_version=row.plugin_state_version,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        system_failures=row.system_failures,
+        event_seq=row.event_seq,
+        rounds=row.rounds,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_round_at=row.next_round_at,
+        attempt_started_at=row.attempt_started_at,
+        finished_at=row.finished_at,
+        abort_requested=bool(row.abort_requested),
+        abort_reason=row.abort_reason,
+        finalized=bool(row.finalized),
+        lease_owner=row.lease_owner,
+        lease_token=row.lease_token,
+        lease_expires_at=row.lease_expires_at,
+    )
+
+
+def _event_row(event: EventRecord) -> dict[str, Any]:
+    return {
+        "execution_id": event.execution_id,
+        "seq": event.seq,
+        "attempt": event.attempt,
+        "phase": int(event.phase),
+        "phase_version": event.phase_version,
+        "reason": event.reason,
+        "error": _dumps(event.error.to_dict()) if event.error else None,
+        "info": _dumps(event.info) if event.info is not None else None,
+        "occurred_at": event.occurred_at,
+    }
+
+
+_ALWAYS_WRITTEN = (
+    "phase",
+    "phase_version",
+    "reason",
+    "error",
+    "info",
+    "attempt",
+    "system_failures",
+    "event_seq",
+    "rounds",
+    "updated_at",
+    "attempt_started_at",
+    "finished_at",
+    "lease_owner",
+    "lease_token",
+    "lease_expires_at",
+)
+
+
+def _grouped_updates(
+    updates: Sequence[RecordUpdate], token: str, now: float
+) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """One executemany per shape of change: state and outputs are written only when they changed."""
+    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    for item in updates:
+        record = item.record
+        keep_lease = record.phase.is_final and not record.finalized
+        row: dict[str, Any] = {
+            "_id": record.id,
+            "_token": token,
+            "_now": now,
+            "_next_round_at": record.next_round_at,
+            "v_phase": int(record.phase),
+            "v_phase_version": record.phase_version,
+            "v_reason": record.reason,
+            "v_error": _dumps(record.error.to_dict()) if record.error else None,
+            "v_info": _dumps(record.info) if record.info is not None else None,
+            "v_attempt": record.attempt,
+            "v_system_failures": record.system_failures,
+            "v_event_seq": record.event_seq,
+            "v_rounds": record.rounds,
+            "v_updated_at": record.updated_at if record.updated_at is not None else now,
+            "v_attempt_started_at": record.attempt_started_at,
+            "v_finished_at": record.finished_at,
+            "v_lease_owner": record.lease_owner if keep_lease else None,
+            "v_lease_token": token if keep_lease else None,
+            "v_lease_expires_at": record.lease_expires_at if keep_lease else None,
+        }
+        if item.state_changed:
+            row["v_plugin_state"] = record.plugin_state
+            row["v_plugin_state_version"] = record.plugin_state_version
+        if item.outputs_changed:
+            row["v_outputs"] = _dumps(record.outputs) if record.outputs is not None else None
+        groups.setdefault((item.state_changed, item.outputs_changed), []).append(row)
+    return [(_update_statement(*shape), rows) for shape, rows in groups.items()]
+
+
+def _update_statement(with_state: bool, with_outputs: bool) -> Any:
+    columns = list(_ALWAYS_WRITTEN)
+    if with_state:
+        columns += ["plugin_state", "plugin_state_version"]
+    if with_outputs:
+        columns.append("outputs")
+    values: dict[str, Any] = {name: bindparam("v_" + name) for name in columns}
+    # An abort requested while the round ran must not wait for the plugin's requeue time.
+    values["next_round_at"] = case(
+        (executions.c.abort_requested, bindparam("_now")), else_=bindparam("_next_round_at")
+    )
+    return (
+        update(executions)
+        .where(executions.c.id == bindparam("_id"), executions.c.lease_token == bindparam("_token"))
+        .values(values)
+    )

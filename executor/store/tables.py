@@ -1,0 +1,93 @@
+"""The schema, as SQLAlchemy Core tables. Migrations in `migrations/` are the only way it changes;
+a test checks that a freshly migrated database and these definitions agree."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("task_type", String(255), nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("outputs", Text),
+    Column("labels", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    # Where it stands (Phase as its integer value), and why.
+    Column("phase", SmallInteger, nullable=False),
+    Column("phase_version", Integer, nullable=False),
+    Column("reason", Text),
+    Column("error", Text),
+    Column("info", Text),
+    # The plugin's own state between rounds, JSON, with the version the plugin gave it.
+    Column("plugin_state", Text),
+    Column("plugin_state_version", Integer, nullable=False),
+    # Budgets and counters.
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("system_failures", Integer, nullable=False),
+    Column("event_seq", Integer, nullable=False),
+    Column("rounds", Integer, nullable=False),
+    # Times, as seconds since the epoch.
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("next_round_at", Double, nullable=False),
+    Column("attempt_started_at", Double),
+    Column("finished_at", Double),
+    Column("abort_requested", Boolean, nullable=False),
+    Column("abort_reason", Text),
+    # True once the phase is final and `finalize` has run: the row never needs a round again.
+    Column("finalized", Boolean, nullable=False),
+    # The lease of the replica working on it right now.
+    Column("lease_owner", String(255)),
+    Column("lease_token", String(36)),
+    Column("lease_expires_at", Double),
+)
+
+# The claimable set: only rows that still need a round. Finished rows are outside the index, so a
+# million of them cost a claim nothing. SQLite uses a partial index only when the query repeats
+# the predicate literally, so the claim SQL in `sqlite.py`/`postgres.py` spells it the same way.
+Index(
+    "ix_executions_claimable",
+    executions.c.next_round_at,
+    sqlite_where=text("finalized = 0"),
+    postgresql_where=text("NOT finalized"),
+)
+Index("ix_executions_created_at", executions.c.created_at)
+
+events = Table(
+    "events",
+    metadata,
+    Column("execution_id", String(36), primary_key=True),
+    # 1, 2, ... per execution: the primary key is what makes a duplicate event impossible.
+    Column("seq", Integer, primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("phase", SmallInteger, nullable=False),
+    Column("phase_version", Integer, nullable=False),
+    Column("reason", Text),
+    Column("error", Text),
+    Column("info", Text),
+    Column("occurred_at", Double, nullable=False),
+)
