@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -58,6 +59,45 @@ class RoundStats:
     finalized: int
 
 
+class RoundObserver(Protocol):
+    """What the loop reports as it goes (metrics hang off this); every method must be cheap."""
+
+    def round_finished(self, stats: RoundStats, seconds: float) -> None: ...
+    def handle_finished(self, plugin_id: str, outcome: str, seconds: float) -> None: ...
+    def loop_blocked(self, plugin_id: str, seconds: float) -> None: ...
+    def woken(self) -> None: ...
+    def store_error(self) -> None: ...
+
+
+class _NoObserver:
+    def round_finished(self, stats: RoundStats, seconds: float) -> None:
+        pass
+
+    def handle_finished(self, plugin_id: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def loop_blocked(self, plugin_id: str, seconds: float) -> None:
+        pass
+
+    def woken(self) -> None:
+        pass
+
+    def store_error(self) -> None:
+        pass
+
+
+#: A plugin call that holds the event loop longer than this in one step is reported by name.
+BLOCKING_STEP_SECONDS = 0.1
+
+_OUTCOME_LABELS: dict[type, str] = {
+    lifecycle.Handled: "transition",
+    lifecycle.SystemFault: "system_fault",
+    lifecycle.Rejected: "rejected",
+    lifecycle.NoPlugin: "no_plugin",
+    lifecycle.AbortRequested: "aborted",
+}
+
+
 class Reconciler:
     def __init__(
         self,
@@ -67,6 +107,7 @@ class Reconciler:
         *,
         resource_manager: InProcessResourceManager | None = None,
         clock: Clock = time.time,
+        observer: RoundObserver | None = None,
     ) -> None:
         self.store = store
         self.plugins = plugins
@@ -89,6 +130,7 @@ class Reconciler:
         self._resources = resource_manager or InProcessResourceManager(settings.resource_quotas)
         self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir)
         self._log = get_logger(replica=settings.replica_id)
+        self.observer: RoundObserver = observer or _NoObserver()
         self._in_flight: tuple[str, list[str]] | None = None
 
     # -- the loop -----------------------------------------------------------------------------
@@ -108,13 +150,15 @@ class Reconciler:
                 if not _is_store_error(err):
                     raise
                 failures += 1
+                self.observer.store_error()
                 delay = min(self.settings.poll_interval.total_seconds() * 2**failures, 30.0)
                 self._log.error("round.store_error", error=f"{type(err).__name__}: {err}", retry_in=delay)
                 await self.wakeup.wait(delay)
                 continue
             if stats.claimed >= self.settings.batch_size or self._stopping:
                 continue  # more may be due right now
-            await self.wakeup.wait(await self._idle_delay())
+            if await self.wakeup.wait(await self._idle_delay()):
+                self.observer.woken()
 
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
@@ -134,6 +178,12 @@ class Reconciler:
     # -- one round ----------------------------------------------------------------------------
 
     async def run_round(self) -> RoundStats:
+        started = time.perf_counter()
+        stats = await self._round()
+        self.observer.round_finished(stats, time.perf_counter() - started)
+        return stats
+
+    async def _round(self) -> RoundStats:
         self.rounds += 1
         number = self.rounds
         token = str(uuid.uuid4())
@@ -160,7 +210,15 @@ class Reconciler:
 
         async def work(record: ExecutionRecord) -> None:
             async with self._limiter:
-                outcomes[record.id] = await self._outcome(record, number)
+                started = time.perf_counter()
+                outcome = await self._outcome(record, number)
+                outcomes[record.id] = outcome
+                plugin = self.plugins.for_task_type(record.task_type)
+                self.observer.handle_finished(
+                    plugin.id if plugin is not None else "",
+                    _OUTCOME_LABELS[type(outcome)],
+                    time.perf_counter() - started,
+                )
 
         async with anyio.create_task_group() as group:
             for record in active:
@@ -191,7 +249,7 @@ class Reconciler:
         tctx = self._context(record, plugin, number)
         try:
             with anyio.fail_after(self._handle_timeout):
-                returned = await _call(plugin, plugin.handle, tctx)
+                returned = await self._call(plugin, plugin.handle, tctx)
         except TimeoutError:
             return lifecycle.SystemFault(
                 "HandleTimeout",
@@ -222,7 +280,7 @@ class Reconciler:
         tctx = self._context(record, plugin, number)
         try:
             with anyio.fail_after(self._handle_timeout):
-                await _call(plugin, plugin.abort, tctx)
+                await self._call(plugin, plugin.abort, tctx)
         except Exception as err:
             tctx.logger.warning("abort.raised", error=f"{type(err).__name__}: {err}")
             return lifecycle.AbortRequested(reason, abort_error=f"abort raised {type(err).__name__}: {err}")
@@ -241,7 +299,7 @@ class Reconciler:
                 try:
                     async with self._limiter:
                         with anyio.fail_after(self._handle_timeout):
-                            await _call(plugin, plugin.finalize, tctx)
+                            await self._call(plugin, plugin.finalize, tctx)
                 except Exception as err:
                     succeeded = False
                     tctx.logger.warning("finalize.raised", error=f"{type(err).__name__}: {err}")
@@ -254,6 +312,33 @@ class Reconciler:
                 group.start_soon(one, record)
         result = await self.store.record_finalized(token, done)
         return sum(1 for record in done if record.finalized and record.id in result.committed)
+
+    async def _call(
+        self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext
+    ) -> Any:
+        """Call a plugin method. A plugin that declares itself blocking runs on a worker thread
+        with an event loop of its own; any other is timed step by step, so that one which blocks
+        the loop anyway is named in a warning instead of silently slowing every execution."""
+        if plugin.properties.blocking:
+
+            def in_thread() -> Any:
+                return asyncio.run(method(tctx))  # type: ignore[arg-type]
+
+            return await anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
+
+        def blocked(seconds: float) -> None:
+            self.observer.loop_blocked(plugin.id, seconds)
+            tctx.logger.warning(
+                "plugin.blocked_event_loop",
+                plugin=plugin.id,
+                seconds=round(seconds, 3),
+                hint="declare PluginProperties(blocking=True) or make the call non-blocking",
+            )
+
+        coroutine = method(tctx)
+        if not isinstance(coroutine, Coroutine):
+            return await coroutine
+        return await _timed_steps(coroutine, blocked)
 
     def _context(self, record: ExecutionRecord, plugin: Plugin, number: int) -> TaskExecContext:
         return TaskExecContext(
@@ -286,16 +371,27 @@ class Reconciler:
                 )
 
 
-async def _call(plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext) -> Any:
-    """Call a plugin method; a plugin that declares itself blocking runs on a worker thread with
-    an event loop of its own, so it cannot stall the round."""
-    if not plugin.properties.blocking:
-        return await method(tctx)
-
-    def in_thread() -> Any:
-        return asyncio.run(method(tctx))  # type: ignore[arg-type]
-
-    return await anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
+@types.coroutine
+def _timed_steps(
+    coroutine: Coroutine[Any, Any, Any], blocked: Callable[[float], None]
+) -> Generator[Any, Any, Any]:
+    """Drive `coroutine` like `await` does, timing each step it runs on the event loop."""
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        started = time.perf_counter()
+        try:
+            yielded = coroutine.throw(to_throw) if to_throw is not None else coroutine.send(to_send)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            elapsed = time.perf_counter() - started
+            if elapsed > BLOCKING_STEP_SECONDS:
+                blocked(elapsed)
+        try:
+            to_send, to_throw = (yield yielded), None
+        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
+            to_send, to_throw = None, err
 
 
 def _describe(value: object) -> str:
