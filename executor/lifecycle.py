@@ -114,7 +114,8 @@ def backoff_delay(execution_id: str, failures: int, policy: Policy) -> float:
     The jitter comes from a hash of the execution id and the failure count, so replicas that
     fail many executions at once spread their retries without the lifecycle needing randomness.
     """
-    exponential = policy.backoff_base * 2.0 ** max(failures - 1, 0)
+    # The exponent is capped: 2.0 ** 1024 overflows, and far below that the maximum applies anyway.
+    exponential = policy.backoff_base * 2.0 ** min(max(failures - 1, 0), 64)
     digest = hashlib.blake2b(f"{execution_id}:{failures}".encode(), digest_size=8).digest()
     jitter = int.from_bytes(digest, "big") / 2.0**64  # in [0, 1)
     return max(policy.backoff_base, min(policy.backoff_max, exponential * (1.0 + 0.5 * jitter)))

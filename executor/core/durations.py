@@ -17,14 +17,20 @@ def parse_duration(value: object) -> timedelta:
     elif isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: expected e.g. '5s', '250ms', '1m30s' or seconds")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"invalid duration {value!r}: too long to represent") from None
     elif isinstance(value, str):
         seconds = _parse_text(value.strip())
     else:
         raise ValueError(f"invalid duration {value!r}: expected e.g. '5s', '250ms', '1m30s' or seconds")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative amount of time")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"invalid duration {value!r}: too long to represent") from None
 
 
 def _parse_text(text: str) -> float:

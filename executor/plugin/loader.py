@@ -93,19 +93,31 @@ def _import_file(registry: PluginRegistry, path: Path) -> None:
         try:
             spec.loader.exec_module(module)
         except SyntaxError as err:
-            del sys.modules[module_name]
-            raise PluginLoadError(
-                f"{location}:{err.lineno}: SyntaxError: {err.msg} (the plugin module does not compile)"
-            ) from err
+            sys.modules.pop(module_name, None)
+            if err.filename is None or _same_file(err.filename, location):
+                message = (
+                    f"{location}:{err.lineno}: SyntaxError: {err.msg} (the plugin module does not compile)"
+                )
+            else:  # a module the plugin imports does not compile: name both
+                message = (
+                    f"{_innermost_frame_in(location, err)}: SyntaxError in {err.filename}:{err.lineno}: "
+                    f"{err.msg} (a module the plugin imports does not compile)"
+                )
+            raise PluginLoadError(message) from err
         except Exception as err:
-            del sys.modules[module_name]
+            sys.modules.pop(module_name, None)
             where = _innermost_frame_in(location, err)
             raise PluginLoadError(f"{where}: {type(err).__name__}: {err}") from err
 
 
 def _innermost_frame_in(location: Path, err: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == location]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _same_file(f.filename, location)]
     return f"{location}:{frames[-1].lineno}" if frames else str(location)
+
+
+def _same_file(filename: str, location: Path) -> bool:
+    """Code objects carry absolute paths even when the plugins directory was given as a relative one."""
+    return Path(filename).resolve() == location.resolve()
 
 
 def collect(

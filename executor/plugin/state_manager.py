@@ -78,9 +78,11 @@ class PluginStateManager:
             )
             return
         self._change = StateChange(data.decode(), version)
+        self.problem = None  # the last write is the one stored: an earlier failed one no longer counts
 
     def reset(self) -> None:
         self._change = StateChange(None, 0)
+        self.problem = None
 
     @property
     def change(self) -> StateChange | None:
