@@ -78,7 +78,7 @@ def postgres_template() -> Iterator[str]:
 @pytest.fixture
 def postgres_url(postgres_template: str) -> Iterator[str]:
     name = f"executor_t_{uuid.uuid4().hex[:16]}"
-    _pg_admin([f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'])
+    _pg_admin([f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}" STRATEGY FILE_COPY'])
     yield postgres_database_url(name)
     _pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
 

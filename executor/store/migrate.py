@@ -12,6 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from executor.store.sqlite import BEGIN_OPTION
+
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: A wheel carries the migrations inside the package; a source checkout has them at the top.
 MIGRATIONS_DIR = next(
@@ -45,7 +47,12 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with engine.connect() as connection:
+    # One transaction for the whole upgrade, begun before Alembic reads the current revision. On
+    # SQLite it must take the write lock at BEGIN (IMMEDIATE): replicas starting together would
+    # otherwise each read "no revision" and then fail with "database is locked" when one of them
+    # writes (see sqlite.py); on PostgreSQL the advisory lock above serialises them.
+    async with engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"}).connect() as connection:
+        await connection.begin()
         await connection.run_sync(_upgrade)
         await connection.commit()
 

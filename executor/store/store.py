@@ -133,7 +133,8 @@ class Store:
         async with self._writer.begin() as conn:
             result = await conn.execute(self._claim, params)
             rows = result.all()
-        return [_record(row) for row in rows]
+        # RETURNING gives no order: restore the one the claim chose them by.
+        return sorted((_record(row) for row in rows), key=lambda record: record.next_round_at)
 
     async def commit_round(self, token: str, updates: Sequence[RecordUpdate], *, now: float) -> CommitResult:
         """Write a round's results in one transaction, only for rows whose lease is still `token`.
@@ -203,12 +204,34 @@ class Store:
             )
 
     async def next_due_at(self) -> float | None:
-        """When the earliest execution that still needs a round is due (None: nothing pending)."""
+        """When a claim may next find work (None: nothing pending).
+
+        That is the earliest `next_round_at` of a row that still needs a round, except that a row
+        leased past its due time (a round under way, here or on another replica) is not claimable
+        before its lease runs out: counting it as due would make an idle loop spin on empty claims.
+        Both queries walk the partial index from its start; the rows before the first unleased one
+        are only those of rounds in flight, so this stays O(batch).
+        """
         claimable = sqlite.CLAIMABLE if self.dialect is sqlite.DIALECT else postgres.CLAIMABLE
         async with self.engine.connect() as conn:
-            result = await conn.execute(text(f"SELECT min(next_round_at) FROM executions WHERE {claimable}"))
-            value = result.scalar()
-        return float(value) if value is not None else None
+            free = (
+                await conn.execute(
+                    text(
+                        f"SELECT next_round_at FROM executions WHERE {claimable} "
+                        "AND (lease_expires_at IS NULL OR lease_expires_at <= next_round_at) "
+                        "ORDER BY next_round_at LIMIT 1"
+                    )
+                )
+            ).scalar()
+            held_sql = (
+                f"SELECT min(lease_expires_at) FROM executions WHERE {claimable} "
+                "AND lease_expires_at > next_round_at"
+            )
+            if free is not None:
+                held_sql += " AND next_round_at < :free"
+            held = (await conn.execute(text(held_sql), {"free": free} if free is not None else {})).scalar()
+        due = [float(value) for value in (free, held) if value is not None]
+        return min(due) if due else None
 
     async def _still_leased(self, conn: AsyncConnection, token: str, ids: list[str]) -> set[str]:
         query = select(executions.c.id).where(executions.c.id.in_(ids), executions.c.lease_token == token)
@@ -467,8 +490,11 @@ def _update_statement(with_state: bool, with_outputs: bool) -> Any:
         columns.append("outputs")
     values: dict[str, Any] = {name: bindparam("v_" + name) for name in columns}
     # An abort requested while the round ran must not wait for the plugin's requeue time.
+    # Typed, because inside CASE they get no type from the column: PostgreSQL would read them as text.
+    when = executions.c.next_round_at.type
     values["next_round_at"] = case(
-        (executions.c.abort_requested, bindparam("_now")), else_=bindparam("_next_round_at")
+        (executions.c.abort_requested, bindparam("_now", type_=when)),
+        else_=bindparam("_next_round_at", type_=when),
     )
     return (
         update(executions)

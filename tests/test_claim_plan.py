@@ -1,0 +1,223 @@
+"""The claim reads the partial index of claimable rows, so finished executions never slow it.
+
+These tests take the claim's SQL from the dialect modules themselves, so a change to it that turns
+the claim into a scan of the whole table fails here, not in production a million rows later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from types import ModuleType
+
+import pytest
+from sqlalchemy import Index, text
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateIndex
+
+from executor.store import Store, Submission, postgres, sqlite
+from executor.store.migrate import upgrade
+from executor.store.tables import executions
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0
+INDEX = "ix_executions_claimable"
+#: What the store binds into the claim's inner SELECT (see Store.claim).
+PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100}
+
+
+def inner_select(claim_sql: str) -> str:
+    """The SELECT that picks the rows inside the claim's UPDATE ... WHERE id IN (...)."""
+    match = re.fullmatch(r"UPDATE executions SET .* WHERE id IN \((SELECT .*)\) RETURNING .*", claim_sql)
+    assert match, claim_sql
+    return match.group(1)
+
+
+def claim_index() -> Index:
+    [index] = [ix for ix in executions.indexes if ix.name == INDEX]
+    return index
+
+
+async def _store(url: str) -> AsyncIterator[Store]:
+    store = Store.from_url(url)
+    await upgrade(store.engine)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_url: str) -> AsyncIterator[Store]:
+    async for store in _store(sqlite_url):
+        yield store
+
+
+@pytest.fixture
+async def postgres_store(postgres_url: str) -> AsyncIterator[Store]:
+    async for store in _store(postgres_url):
+        yield store
+
+
+# -- the predicate is spelled literally, the same way in the claim, the tables and the database ------
+
+
+@pytest.mark.parametrize(
+    ("module", "dialect", "where"),
+    [
+        (sqlite, sqlite_dialect.dialect(), "finalized = 0"),
+        (postgres, pg_dialect.dialect(), "NOT finalized"),  # type: ignore[no-untyped-call]
+    ],
+    ids=["sqlite", "postgres"],
+)
+def test_the_claim_repeats_the_index_predicate_literally(
+    module: ModuleType, dialect: Dialect, where: str
+) -> None:
+    assert where == module.CLAIMABLE
+    select_sql = inner_select(module.DIALECT.claim_sql)
+    # A literal predicate, not a bound parameter: SQLite uses a partial index only for that.
+    assert select_sql.startswith(f"SELECT id FROM executions WHERE {where} AND ")
+    assert "finalized" not in select_sql.replace(where, "", 1)
+    assert "phase" not in select_sql
+    assert ":limit" in select_sql and ":now" in select_sql
+    ddl = str(CreateIndex(claim_index()).compile(dialect=dialect))
+    assert ddl.endswith(f"WHERE {where}"), ddl
+
+
+async def database_index_ddl(store: Store) -> str:
+    """The index as the migrations built it, in the database's own words."""
+    if store.dialect is sqlite.DIALECT:
+        query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :n"
+    else:
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :n"
+    async with store.engine.connect() as conn:
+        return str((await conn.execute(text(query), {"n": INDEX})).scalar_one())
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+async def _fill_sqlite(store: Store, finished: int) -> None:
+    """`finished` finalized rows in one INSERT ... SELECT, a few pending ones, and fresh statistics."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+                "INSERT INTO executions (id, task_type, inputs, labels, priority, phase, phase_version, "
+                "plugin_state_version, attempt, max_attempts, system_failures, event_seq, rounds, "
+                "created_at, updated_at, next_round_at, abort_requested, finalized) "
+                "SELECT printf('done-%08d', i), 'echo', '{}', '{}', 0, 6, 0, 0, 1, 1, 0, 1, 1, "
+                ":t0 - i, :t0 - i, :t0 - i, 0, 1 FROM n"
+            ),
+            {"count": finished, "t0": T0},
+        )
+    await store.submit_many([Submission("echo") for _ in range(5)], now=T0)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ANALYZE"))
+
+
+async def sqlite_plan(store: Store, sql: str, params: dict[str, object]) -> list[str]:
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"), params)).all()
+    return [row[3] for row in rows]
+
+
+async def test_sqlite_claim_searches_the_partial_index(sqlite_store: Store) -> None:
+    ddl = await database_index_ddl(sqlite_store)
+    assert ddl.endswith(f"(next_round_at) WHERE {sqlite.CLAIMABLE}"), ddl
+
+    await _fill_sqlite(sqlite_store, 5000)
+    plan = await sqlite_plan(sqlite_store, inner_select(sqlite.DIALECT.claim_sql), PARAMS)
+    assert any(INDEX in line for line in plan), plan
+    assert not any(line.startswith("SCAN executions") and INDEX not in line for line in plan), plan
+    assert not any("TEMP B-TREE" in line for line in plan), plan  # the index gives the order too
+
+    # The whole claim statement: the UPDATE finds its rows by primary key, the SELECT by the index.
+    update_plan = await sqlite_plan(
+        sqlite_store, sqlite.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "expires": T0}
+    )
+    assert any(INDEX in line for line in update_plan), update_plan
+    assert not any(line == "SCAN executions" for line in update_plan), update_plan
+
+    # And the claim finds exactly the pending rows among the finished ones.
+    claimed = await sqlite_store.claim(owner="o", token="t", limit=100, lease_ttl=30, now=T0 + 10)
+    assert len(claimed) == 5
+
+
+@pytest.mark.parametrize(
+    ("predicate", "params"),
+    [
+        # What SQLAlchemy's `finalized.is_(False)` renders on SQLite.
+        ("finalized IS 0", {}),
+        ("NOT finalized", {}),
+        # The runnable phases as bound parameters, as `phase.not_in([...])` sends them.
+        ("phase NOT IN (:p0, :p1, :p2)", {"p0": 6, "p1": 8, "p2": 10}),
+    ],
+)
+async def test_sqlite_scans_when_the_predicate_is_not_the_index_one(
+    sqlite_store: Store, predicate: str, params: dict[str, object]
+) -> None:
+    """The control: equivalent-looking predicates give a full scan, so the test above can fail."""
+    await _fill_sqlite(sqlite_store, 500)
+    other = inner_select(sqlite.DIALECT.claim_sql).replace(sqlite.CLAIMABLE, predicate, 1)
+    assert other != inner_select(sqlite.DIALECT.claim_sql)
+    plan = await sqlite_plan(sqlite_store, other, {**PARAMS, **params})
+    assert not any(INDEX in line for line in plan), plan
+    assert "SCAN executions" in plan, plan
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+async def _fill_postgres(store: Store, finished: int) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO executions (id, task_type, inputs, labels, priority, phase, phase_version, "
+                "plugin_state_version, attempt, max_attempts, system_failures, event_seq, rounds, "
+                "created_at, updated_at, next_round_at, abort_requested, finalized) "
+                "SELECT 'done-' || lpad(i::text, 8, '0'), 'echo', '{}', '{}', 0, 6, 0, 0, 1, 1, 0, 1, 1, "
+                "CAST(:t0 AS double precision) - i, CAST(:t0 AS double precision) - i, "
+                "CAST(:t0 AS double precision) - i, false, true "
+                "FROM generate_series(1, CAST(:count AS integer)) AS i"
+            ),
+            {"count": finished, "t0": T0},
+        )
+    await store.submit_many([Submission("echo") for _ in range(5)], now=T0)
+    async with store.engine.connect() as conn:
+        await conn.execute(text("ANALYZE executions"))
+        await conn.commit()
+
+
+async def postgres_plan(store: Store, sql: str, params: dict[str, object]) -> str:
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text(f"EXPLAIN {sql}"), params)).all()
+        await conn.rollback()
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_postgres_claim_uses_the_partial_index(postgres_store: Store) -> None:
+    ddl = await database_index_ddl(postgres_store)
+    assert ddl.endswith(f"(next_round_at) WHERE ({postgres.CLAIMABLE})"), ddl
+
+    await _fill_postgres(postgres_store, 20_000)
+    async with postgres_store.engine.connect() as conn:
+        finished = (await conn.execute(text("SELECT count(*) FROM executions WHERE finalized"))).scalar_one()
+    assert finished == 20_000
+
+    plan = await postgres_plan(postgres_store, inner_select(postgres.DIALECT.claim_sql), PARAMS)
+    assert INDEX in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED is part of what was planned
+
+    update_plan = await postgres_plan(
+        postgres_store, postgres.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "expires": T0}
+    )
+    assert INDEX in update_plan, update_plan
+    assert "Seq Scan" not in update_plan, update_plan
+
+    claimed = await postgres_store.claim(owner="o", token="t", limit=100, lease_ttl=30, now=T0 + 10)
+    assert len(claimed) == 5
