@@ -8,6 +8,7 @@ before the round commits, and a crash before that simply runs the round again.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import types
 import uuid
@@ -145,14 +146,21 @@ class Reconciler:
         while not self._stopping:
             try:
                 stats = await self.run_round()
+                if failures:
+                    self._log.info("database.reconnected", failed_rounds=failures)
                 failures = 0
             except Exception as err:
                 if not _is_store_error(err):
                     raise
                 failures += 1
                 self.observer.store_error()
-                delay = min(self.settings.poll_interval.total_seconds() * 2**failures, 30.0)
-                self._log.error("round.store_error", error=f"{type(err).__name__}: {err}", retry_in=delay)
+                delay = _backoff(failures, self.settings.poll_interval.total_seconds())
+                self._log.error(
+                    "round.store_error",
+                    error=f"{type(err).__name__}: {err}",
+                    retry_in=round(delay, 3),
+                    attempt=failures,
+                )
                 await self.wakeup.wait(delay)
                 continue
             if stats.claimed >= self.settings.batch_size or self._stopping:
@@ -162,10 +170,13 @@ class Reconciler:
 
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
-        next_due = await self.store.next_due_at()
-        if next_due is None:
-            return poll
-        return min(poll, max(next_due - self.clock(), 0.0))
+        due_in = await self.store.due_in(self.clock())
+        return poll if due_in is None else min(poll, due_in)
+
+    @property
+    def in_flight(self) -> int:
+        """Executions of the round under way (what `executor replicas` shows)."""
+        return len(self._in_flight[1]) if self._in_flight is not None else 0
 
     async def release_in_flight(self) -> None:
         """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
@@ -200,8 +211,20 @@ class Reconciler:
         self._in_flight = (token, [record.id for record in claimed])
         try:
             return await self._drive(number, token, claimed)
+        except Exception:
+            # The commit failed (the database went away mid-round): nothing of it is visible. Hand
+            # the leases back if the database lets us, so the round runs again without waiting the TTL.
+            await self._release_quietly(token, [record.id for record in claimed])
+            raise
         finally:
             self._in_flight = None
+
+    async def _release_quietly(self, token: str, ids: list[str]) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._handle_timeout):
+            try:
+                await self.store.release_leases(token, ids)
+            except Exception as err:
+                self._log.info("round.release_failed", error=f"{type(err).__name__}: {err}", leases=len(ids))
 
     async def _drive(self, number: int, token: str, claimed: list[ExecutionRecord]) -> RoundStats:
         awaiting_finalize = [record for record in claimed if record.phase.is_final]
@@ -398,6 +421,12 @@ def _describe(value: object) -> str:
     if value is None:
         return "None"
     return f"a {type(value).__name__}"
+
+
+def _backoff(failures: int, poll: float) -> float:
+    """Exponential from 0.1 s, capped at the larger of the poll interval and 5 s, with jitter so
+    that replicas which lost the database together do not all come back in the same instant."""
+    return float(min(0.1 * 2**failures, max(poll, 5.0)) * random.uniform(0.5, 1.0))
 
 
 def _is_store_error(err: BaseException) -> bool:

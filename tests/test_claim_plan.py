@@ -137,7 +137,7 @@ async def test_sqlite_claim_searches_the_partial_index(sqlite_store: Store) -> N
 
     # The whole claim statement: the UPDATE finds its rows by primary key, the SELECT by the index.
     update_plan = await sqlite_plan(
-        sqlite_store, sqlite.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "expires": T0}
+        sqlite_store, sqlite.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "lease_ttl": 30}
     )
     assert any(INDEX in line for line in update_plan), update_plan
     assert not any(line == "SCAN executions" for line in update_plan), update_plan
@@ -214,7 +214,7 @@ async def test_postgres_claim_uses_the_partial_index(postgres_store: Store) -> N
     assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED is part of what was planned
 
     update_plan = await postgres_plan(
-        postgres_store, postgres.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "expires": T0}
+        postgres_store, postgres.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "lease_ttl": 30}
     )
     assert INDEX in update_plan, update_plan
     assert "Seq Scan" not in update_plan, update_plan

@@ -1,7 +1,8 @@
 """The store against real databases: every test runs on a SQLite file and on PostgreSQL.
 
 Times are explicit (`T0` and offsets from it), never the wall clock, so lease expiry and due times
-are exact. Rounds are written the way the loop writes them: a claimed record, changed with
+are exact: claims pin the lease clock (`lease_now`), which is otherwise the database's. Rounds are
+written the way the loop writes them: a claimed record, changed with
 `dataclasses.replace`, its events, and `commit_round` under the claim's token.
 """
 
@@ -24,11 +25,16 @@ TTL = 30.0
 
 
 async def claim(store: Store, token: str, at: float, limit: int = 100, owner: str = "replica-a") -> list[str]:
-    return [r.id for r in await store.claim(owner=owner, token=token, limit=limit, lease_ttl=TTL, now=at)]
+    return [
+        r.id
+        for r in await store.claim(owner=owner, token=token, limit=limit, lease_ttl=TTL, now=at, lease_now=at)
+    ]
 
 
 async def claim_one(store: Store, token: str, at: float) -> ExecutionRecord:
-    [record] = await store.claim(owner="replica-a", token=token, limit=100, lease_ttl=TTL, now=at)
+    [record] = await store.claim(
+        owner="replica-a", token=token, limit=100, lease_ttl=TTL, now=at, lease_now=at
+    )
     return record
 
 
@@ -153,7 +159,9 @@ async def test_claim_honours_the_limit_and_takes_the_earliest_due_first(store: S
 
 async def test_claim_stamps_the_lease(store: Store) -> None:
     execution_id = await store.submit(Submission("echo"), now=T0)
-    [record] = await store.claim(owner="replica-b", token="tok-1", limit=10, lease_ttl=TTL, now=T0 + 1)
+    [record] = await store.claim(
+        owner="replica-b", token="tok-1", limit=10, lease_ttl=TTL, now=T0 + 1, lease_now=T0 + 1
+    )
     assert (record.lease_owner, record.lease_token, record.lease_expires_at) == (
         "replica-b",
         "tok-1",
@@ -242,7 +250,9 @@ async def test_a_round_whose_lease_was_taken_over_is_dropped(store: Store) -> No
 async def test_a_commit_writes_the_rows_it_still_holds_and_drops_the_others(store: Store) -> None:
     kept_id = await store.submit(Submission("echo"), now=T0)
     lost_id = await store.submit(Submission("echo"), now=T0 + 1)
-    [kept, lost] = await store.claim(owner="a", token="t1", limit=10, lease_ttl=TTL, now=T0 + 1)
+    [kept, lost] = await store.claim(
+        owner="a", token="t1", limit=10, lease_ttl=TTL, now=T0 + 1, lease_now=T0 + 1
+    )
     assert (kept.id, lost.id) == (kept_id, lost_id)
     # Another replica gets hold of `lost` meanwhile (here: after a release, as if it had expired).
     await store.release_leases("t1", [lost_id])
@@ -298,7 +308,10 @@ async def test_state_and_outputs_are_written_only_when_the_round_changed_them(st
 
 async def test_one_commit_with_every_shape_of_change(store: Store) -> None:
     ids = await store.submit_many([Submission("echo") for _ in range(4)], now=T0)
-    claimed = {r.id: r for r in await store.claim(owner="a", token="t", limit=10, lease_ttl=TTL, now=T0)}
+    claimed = {
+        r.id: r
+        for r in await store.claim(owner="a", token="t", limit=10, lease_ttl=TTL, now=T0, lease_now=T0)
+    }
     now = T0 + 1
     updates = []
     for index, (state, outputs) in enumerate([(False, False), (True, False), (False, True), (True, True)]):
@@ -361,7 +374,9 @@ async def test_a_final_record_whose_lease_expired_is_claimed_again_for_finalize(
     record = await claim_one(store, "t1", T0)
     await store.commit_round("t1", [moved(record, Phase.PERMANENT_FAILURE, T0 + 1)], now=T0 + 1)
     # The replica died before recording finalize: once the lease runs out, another one takes over.
-    [again] = await store.claim(owner="b", token="t2", limit=10, lease_ttl=TTL, now=T0 + TTL + 1)
+    [again] = await store.claim(
+        owner="b", token="t2", limit=10, lease_ttl=TTL, now=T0 + TTL + 1, lease_now=T0 + TTL + 1
+    )
     assert again.id == execution_id and again.phase is Phase.PERMANENT_FAILURE and not again.finalized
     lost = await store.record_finalized("t1", [replace(again, finalized=True)])
     assert lost == CommitResult(frozenset(), frozenset({execution_id}))
@@ -451,7 +466,9 @@ async def test_next_due_at_waits_for_the_lease_of_a_row_being_worked_on(store: S
 
 
 async def _finish(store: Store, execution_id: str, phase: Phase, at: float, *, finalize: bool) -> None:
-    [record] = await store.claim(owner="a", token=f"tok-{execution_id[:8]}", limit=1, lease_ttl=TTL, now=at)
+    [record] = await store.claim(
+        owner="a", token=f"tok-{execution_id[:8]}", limit=1, lease_ttl=TTL, now=at, lease_now=at
+    )
     assert record.id == execution_id
     update = moved(record, phase, at + 0.5)
     await store.commit_round(f"tok-{execution_id[:8]}", [update], now=at + 0.5)
@@ -530,7 +547,7 @@ async def test_events_come_back_in_sequence_order(store: Store) -> None:
 async def test_count_by_phase(store: Store) -> None:
     assert await store.count_by_phase() == {}
     ids = await store.submit_many([Submission("echo") for _ in range(3)], now=T0)
-    [first, *_] = await store.claim(owner="a", token="t", limit=1, lease_ttl=TTL, now=T0)
+    [first, *_] = await store.claim(owner="a", token="t", limit=1, lease_ttl=TTL, now=T0, lease_now=T0)
     assert first.id in ids
     await store.commit_round("t", [moved(first, Phase.RUNNING, T0 + 1)], now=T0 + 1)
     assert await store.count_by_phase() == {Phase.QUEUED: 2, Phase.RUNNING: 1}
@@ -551,7 +568,9 @@ async def test_request_abort_marks_the_execution_and_makes_it_due_now(store: Sto
     assert row["abort_requested"] is True and row["finalized"] is False
     assert (stored.next_round_at, stored.updated_at) == (T0 + 5, T0 + 5)
     assert stored.phase is Phase.QUEUED and stored.event_seq == 1
-    [claimed] = await store.claim(owner="a", token="t2", limit=10, lease_ttl=TTL, now=T0 + 5)
+    [claimed] = await store.claim(
+        owner="a", token="t2", limit=10, lease_ttl=TTL, now=T0 + 5, lease_now=T0 + 5
+    )
     assert claimed.id == execution_id and claimed.abort_requested
 
 

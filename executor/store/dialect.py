@@ -19,15 +19,30 @@ class Dialect:
     #: Appended to the SELECT that re-reads a round's leases before its commit writes.
     lock_suffix: str
     engine_options: dict[str, Any]
+    #: The database's own clock, in seconds since the epoch: leases are stamped and compared on it,
+    #: never on a replica's clock, so a replica whose clock runs ahead cannot take a live lease.
+    now_sql: str = ""
+    #: The claim with the lease clock pinned to the parameter `lease_now` (tests of exact expiry).
+    claim_sql_pinned: str = ""
 
 
-def claim_statement(claimable: str, lock: str) -> str:
-    """The claim as one statement: pick the due rows through the partial index, stamp a lease."""
+def claim_statement(claimable: str, lock: str, lease_now: str) -> str:
+    """The claim as one statement: pick the due rows through the partial index, stamp a lease.
+
+    Due times compare with `:now`, the replica's clock (a skewed replica runs a round a little
+    early or late, which an idempotent `handle` tolerates). Leases are safety: they expire and are
+    stamped on `lease_now`, the database's clock, with `:lease_ttl` seconds to live.
+    """
     return (
-        "UPDATE executions SET lease_owner = :owner, lease_token = :token, lease_expires_at = :expires "
+        "UPDATE executions SET lease_owner = :owner, lease_token = :token, "
+        f"lease_expires_at = {lease_now} + :lease_ttl "
         "WHERE id IN ("
         f"SELECT id FROM executions WHERE {claimable} AND next_round_at <= :now "
-        "AND (lease_expires_at IS NULL OR lease_expires_at < :now) "
+        f"AND (lease_expires_at IS NULL OR lease_expires_at < {lease_now}) "
         f"ORDER BY next_round_at LIMIT :limit{lock}) "
         f"RETURNING {ALL_COLUMNS}"
     )
+
+
+#: What `claim_sql_pinned` compares leases with instead of the database's clock.
+PINNED_LEASE_NOW = "CAST(:lease_now AS DOUBLE PRECISION)"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from executor.store.dialect import Dialect, claim_statement
+from executor.store.dialect import PINNED_LEASE_NOW, Dialect, claim_statement
 
 #: Must stay the literal predicate of `ix_executions_claimable` (see tables.py).
 CLAIMABLE = "NOT finalized"
 
+#: The server's clock in epoch seconds: when the statement began, one value for every row.
+NOW = "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)"
+
 DIALECT = Dialect(
     name="postgresql",
-    claim_sql=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED"),
+    claim_sql=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED", NOW),
     lock_suffix=" FOR UPDATE",
     engine_options={"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True},
+    now_sql=NOW,
+    claim_sql_pinned=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED", PINNED_LEASE_NOW),
 )

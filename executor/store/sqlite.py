@@ -14,16 +14,21 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from executor.store.dialect import Dialect, claim_statement
+from executor.store.dialect import PINNED_LEASE_NOW, Dialect, claim_statement
 
 #: Must stay the literal predicate of `ix_executions_claimable` (see tables.py).
 CLAIMABLE = "finalized = 0"
 
+#: The database's clock in epoch seconds, to the millisecond (`unixepoch('subsec')` needs 3.42).
+NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
 DIALECT = Dialect(
     name="sqlite",
-    claim_sql=claim_statement(CLAIMABLE, ""),
+    claim_sql=claim_statement(CLAIMABLE, "", NOW),
     lock_suffix="",
     engine_options={"connect_args": {"timeout": 30}},
+    now_sql=NOW,
+    claim_sql_pinned=claim_statement(CLAIMABLE, "", PINNED_LEASE_NOW),
 )
 
 BEGIN_OPTION = "executor_sqlite_begin"

@@ -83,6 +83,7 @@ class Store:
         # Write transactions take SQLite's write lock at BEGIN (see sqlite.py); PostgreSQL ignores it.
         self._writer = engine.execution_options(**{sqlite.BEGIN_OPTION: "IMMEDIATE"})
         self._claim = text(self.dialect.claim_sql)
+        self._claim_pinned = text(self.dialect.claim_sql_pinned)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -126,12 +127,32 @@ class Store:
     # -- the round ----------------------------------------------------------------------------
 
     async def claim(
-        self, *, owner: str, token: str, limit: int, lease_ttl: float, now: float
+        self,
+        *,
+        owner: str,
+        token: str,
+        limit: int,
+        lease_ttl: float,
+        now: float,
+        lease_now: float | None = None,
     ) -> list[ExecutionRecord]:
-        """Lease up to `limit` due executions to `owner` under `token`, oldest due first."""
-        params = {"owner": owner, "token": token, "expires": now + lease_ttl, "now": now, "limit": limit}
+        """Lease up to `limit` executions due at `now` to `owner` under `token`, oldest due first.
+
+        Leases are stamped and compared on the database's clock, so replicas whose clocks
+        disagree still agree on whose lease is live; `lease_now` pins that clock (tests only).
+        """
+        params: dict[str, Any] = {
+            "owner": owner,
+            "token": token,
+            "lease_ttl": lease_ttl,
+            "now": now,
+            "limit": limit,
+        }
+        statement = self._claim
+        if lease_now is not None:
+            statement, params["lease_now"] = self._claim_pinned, lease_now
         async with self._writer.begin() as conn:
-            result = await conn.execute(self._claim, params)
+            result = await conn.execute(statement, params)
             rows = result.all()
         # RETURNING gives no order: restore the one the claim chose them by.
         return sorted((_record(row) for row in rows), key=lambda record: record.next_round_at)
@@ -204,7 +225,28 @@ class Store:
             )
 
     async def next_due_at(self) -> float | None:
-        """When a claim may next find work (None: nothing pending).
+        """When a claim may next find work (None: nothing pending)."""
+        free, held, _ = await self._due_times()
+        due = [value for value in (free, held) if value is not None]
+        return min(due) if due else None
+
+    async def due_in(self, now: float) -> float | None:
+        """Seconds from `now` (the caller's clock) until a claim may find work (None: nothing pending).
+
+        Due times are on the clock of the replica that wrote them, lease expiries on the
+        database's: each is measured against its own clock, so a replica whose clock runs ahead
+        does not see a live lease as expired and spin on empty claims until it really is.
+        """
+        free, held, db_now = await self._due_times()
+        waits = []
+        if free is not None:
+            waits.append(free - now)
+        if held is not None:
+            waits.append(held - db_now)
+        return max(min(waits), 0.0) if waits else None
+
+    async def _due_times(self) -> tuple[float | None, float | None, float]:
+        """The earliest due time of an unleased row, the earliest lease expiry, the database's now.
 
         That is the earliest `next_round_at` of a row that still needs a round, except that a row
         leased past its due time (a round under way, here or on another replica) is not claimable
@@ -230,8 +272,17 @@ class Store:
             if free is not None:
                 held_sql += " AND next_round_at < :free"
             held = (await conn.execute(text(held_sql), {"free": free} if free is not None else {})).scalar()
-        due = [float(value) for value in (free, held) if value is not None]
-        return min(due) if due else None
+            db_now = (await conn.execute(text(f"SELECT {self.dialect.now_sql}"))).scalar_one()
+        return (
+            float(free) if free is not None else None,
+            float(held) if held is not None else None,
+            float(db_now),
+        )
+
+    async def database_now(self) -> float:
+        """The database's clock, in seconds since the epoch."""
+        async with self.engine.connect() as conn:
+            return float((await conn.execute(text(f"SELECT {self.dialect.now_sql}"))).scalar_one())
 
     async def _still_leased(self, conn: AsyncConnection, token: str, ids: list[str]) -> set[str]:
         query = select(executions.c.id).where(executions.c.id.in_(ids), executions.c.lease_token == token)
