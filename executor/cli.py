@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(command=_migrate)
+
+    replicas = commands.add_parser(
+        "replicas", parents=[as_json], help="the daemons running against this database, from their heartbeats"
+    )
+    replicas.add_argument("--all", action="store_true", help="also those whose heartbeat went silent")
+    replicas.set_defaults(command=_replicas)
     return parser
 
 
@@ -296,6 +302,52 @@ def _plugins(args: argparse.Namespace, settings: Settings) -> int:
             f"{row['source']}"
         )
     return OK
+
+
+def _replicas(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.store.replicas import list_replicas
+
+    # Silent for three heartbeats: gone (killed, or cut off from the database).
+    live_within = 3 * settings.heartbeat_interval.total_seconds()
+
+    async def body(client: Client) -> int:
+        found = await list_replicas(client.store, live_within=live_within, include_stale=args.all)
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "id": r.id,
+                        "host": r.host,
+                        "pid": r.pid,
+                        "live": r.live,
+                        "started_at": r.started_at,
+                        "heartbeat_at": r.heartbeat_at,
+                        "silent_for": round(r.silent_for, 3),
+                        "rounds": r.rounds,
+                        "last_round_at": r.last_round_at,
+                        "in_flight": r.in_flight,
+                    }
+                    for r in found
+                ]
+            )
+            return OK
+        print(
+            f"{'REPLICA':<32}{'STATE':<8}{'STARTED':<21}{'HEARTBEAT':<11}{'ROUNDS':<9}{'LAST ROUND':<21}"
+            "IN FLIGHT"
+        )
+        for r in found:
+            started = datetime.fromtimestamp(r.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            last = (
+                datetime.fromtimestamp(r.last_round_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                if r.last_round_at is not None
+                else "-"
+            )
+            state = "live" if r.live else "silent"
+            heard = f"{r.silent_for:.1f}s ago"
+            print(f"{r.id[:31]:<32}{state:<8}{started:<21}{heard:<11}{r.rounds:<9}{last:<21}{r.in_flight}")
+        return OK
+
+    return _with_client(settings, body)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

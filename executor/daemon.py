@@ -20,6 +20,7 @@ from executor.reconciler import Reconciler
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.migrate import upgrade
+from executor.store.replicas import ReplicaStatus, heartbeat
 
 
 def collect_registry(settings: Settings) -> PluginRegistry:
@@ -66,6 +67,7 @@ async def serve(settings: Settings, *, started: anyio.Event | None = None) -> No
         async with anyio.create_task_group() as group:
             group.start_soon(_on_signals, reconciler, group.cancel_scope, settings)
             group.start_soon(store.watch_changes, reconciler.wakeup.set)
+            group.start_soon(_heartbeat, store, reconciler, settings)
             if started is not None:
                 started.set()
             try:
@@ -77,6 +79,13 @@ async def serve(settings: Settings, *, started: anyio.Event | None = None) -> No
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
+
+
+async def _heartbeat(store: Store, reconciler: Reconciler, settings: Settings) -> None:
+    def status() -> ReplicaStatus:
+        return ReplicaStatus(reconciler.rounds, reconciler.last_round_at, reconciler.in_flight)
+
+    await heartbeat(store, settings.replica_id, status, interval=settings.heartbeat_interval.total_seconds())
 
 
 async def _on_signals(reconciler: Reconciler, scope: anyio.CancelScope, settings: Settings) -> None:

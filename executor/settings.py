@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     default_requeue: Duration = timedelta(seconds=1)
     #: How long a claim stays ours; past it, another replica may take the execution.
     lease_ttl: Duration = timedelta(seconds=120)
+    #: How often a daemon records that it is alive (`executor replicas`); silent for three of
+    #: these, it is shown as gone.
+    heartbeat_interval: Duration = timedelta(seconds=5)
     max_plugin_state_bytes: int = Field(1024 * 1024, ge=1)
     #: Attempts an execution gets when its submission does not say.
     default_max_attempts: int = Field(1, ge=1)

@@ -30,7 +30,7 @@ from executor.store.tables import metadata
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"executions", "events"}
+TABLES = {"executions", "events", "replicas"}
 
 
 def _pg_admin(statement: str) -> None:

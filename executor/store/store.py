@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from executor.core import ExecutionError, Phase
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
-from executor.store import postgres, sqlite
+from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
 from executor.store.tables import events, executions
 
@@ -122,6 +122,8 @@ class Store:
         async with self._writer.begin() as conn:
             await conn.execute(insert(executions), rows)
             await conn.execute(insert(events), first_events)
+            if self.dialect is postgres.DIALECT:
+                await notify.send(conn)  # delivered at commit: a woken replica finds the rows
         return ids
 
     # -- the round ----------------------------------------------------------------------------
@@ -296,9 +298,12 @@ class Store:
 
         SQLite has no LISTEN/NOTIFY; `PRAGMA data_version` changes when any other connection,
         in this process or another, commits. Polling it costs no disk I/O, so submissions from
-        the CLI wake an idle daemon within `interval`. On PostgreSQL this returns at once and
-        the loop falls back to its poll interval.
+        the CLI wake an idle daemon within `interval`. On PostgreSQL it LISTENs for the NOTIFY
+        that submissions and abort requests send (see notify.py).
         """
+        if self.dialect is postgres.DIALECT:
+            await notify.listen(self.engine, on_change)
+            return
         if self.dialect is not sqlite.DIALECT:
             return
         async with self.engine.connect() as conn:
@@ -389,6 +394,8 @@ class Store:
                 .values(abort_requested=True, abort_reason=reason, next_round_at=now, updated_at=now)
             )
             if result.rowcount:
+                if self.dialect is postgres.DIALECT:
+                    await notify.send(conn)
                 return AbortResult.REQUESTED
             exists = await conn.execute(select(executions.c.id).where(executions.c.id == execution_id))
             return AbortResult.ALREADY_FINISHED if exists.first() else AbortResult.NOT_FOUND

@@ -91,3 +91,19 @@ events = Table(
     Column("info", Text),
     Column("occurred_at", Double, nullable=False),
 )
+
+# One row per running daemon (migration 0003): a heartbeat on the database's clock, so that
+# `executor replicas` can tell live replicas from ones that died without saying goodbye.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("heartbeat_at", Double, nullable=False),
+    # Its reconciler's progress: rounds run, when the last one ran, executions in the round under way.
+    Column("rounds", Integer, nullable=False),
+    Column("last_round_at", Double),
+    Column("in_flight", Integer, nullable=False),
+)
