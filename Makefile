@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup run test lint typecheck imports pytest clean
+.PHONY: setup run test lint typecheck imports pytest clean browser
 
 setup: $(STAMP)
 
@@ -19,7 +19,17 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/executor run
 
-test: setup lint typecheck imports pytest
+test: setup browser lint typecheck imports pytest
+
+# The dashboard test drives Debian's Chromium through Playwright (never a browser Playwright would
+# download). Installed once with apt; on a machine that has it this is a single `test -x`.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+		echo "make: installing Debian's chromium for the dashboard test"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; }
 
 lint:
 	$(BIN)/ruff check .
@@ -39,3 +49,15 @@ pytest:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks print figures; they are not tests. `make bench` installs the bench-only extra (the
+# peers, a profiler), runs every scenario at full size (about 20 minutes on 2 cores) and rewrites
+# BENCHMARKS.md; `make bench-smoke` runs each scenario once at a tiny size and writes nothing.
+# PostgreSQL: postgres@127.0.0.1:5432/test when it answers, or BENCH_ARGS='--postgres-url URL'.
+.PHONY: bench bench-smoke
+bench: setup
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,bench]'
+	$(BIN)/python -m bench --output BENCHMARKS.md $(BENCH_ARGS)
+
+bench-smoke: setup
+	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     replicas.add_argument("--all", action="store_true", help="also those whose heartbeat went silent")
     replicas.set_defaults(command=_replicas)
+
+    config = commands.add_parser(
+        "config", parents=[as_json], help="the effective settings (secrets masked) and where each came from"
+    )
+    config.set_defaults(command=_config)
     return parser
 
 
@@ -364,3 +369,30 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         return OK
 
     return anyio.run(go)
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.settings_sources import effective_settings, unknown_variables
+
+    rows = effective_settings(settings)
+    unknown = unknown_variables(settings)
+    if args.json:
+        _print_json(
+            {
+                "settings": [{"name": r.variable, "value": r.value, "source": r.source} for r in rows],
+                "unknown_variables": unknown,
+            }
+        )
+        return OK
+    width = max(len(r.variable) for r in rows) + 2
+    shown = [
+        "-" if r.value is None else json.dumps(r.value) if isinstance(r.value, dict) else str(r.value)
+        for r in rows
+    ]
+    value_width = min(max(len(v) for v in shown) + 2, 48)
+    print(f"{'SETTING':<{width}}{'VALUE':<{value_width}}SOURCE")
+    for row, value in zip(rows, shown, strict=True):
+        print(f"{row.variable:<{width}}{value:<{value_width}}{row.source}")
+    for name in unknown:
+        print(f"warning: {name} is set but is no setting (a typo?); it is ignored", file=sys.stderr)
+    return OK

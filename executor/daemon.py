@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from executor.core import SetupContext
 from executor.logging import get_logger
@@ -56,18 +57,25 @@ async def serve(settings: Settings, *, started: anyio.Event | None = None) -> No
     try:
         if settings.migrate_on_start:
             await upgrade(store.engine)
-        reconciler = Reconciler(store, plugins, settings, resource_manager=resources)
-        log.info(
-            "daemon.started",
-            database=store.url,
-            task_types=plugins.task_types,
-            plugins=sorted(plugins.by_id),
-            batch_size=settings.batch_size,
-        )
+        from executor.http import HttpServer, Metrics  # the HTTP stack loads only for `executor run`
+
+        metrics = Metrics(replica_id=settings.replica_id)
+        reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
+        http = HttpServer.from_settings(settings, store=store, plugins=plugins, metrics=metrics)
         async with anyio.create_task_group() as group:
-            group.start_soon(_on_signals, reconciler, group.cancel_scope, settings)
+            # Only once the handlers are in place does SIGTERM mean "stop"; before, it kills.
+            await group.start(_on_signals, reconciler, group.cancel_scope, settings)
             group.start_soon(store.watch_changes, reconciler.wakeup.set)
             group.start_soon(_heartbeat, store, reconciler, settings)
+            if http is not None:
+                group.start_soon(http.run)
+            log.info(
+                "daemon.started",
+                database=store.url,
+                task_types=plugins.task_types,
+                plugins=sorted(plugins.by_id),
+                batch_size=settings.batch_size,
+            )
             if started is not None:
                 started.set()
             try:
@@ -88,9 +96,16 @@ async def _heartbeat(store: Store, reconciler: Reconciler, settings: Settings) -
     await heartbeat(store, settings.replica_id, status, interval=settings.heartbeat_interval.total_seconds())
 
 
-async def _on_signals(reconciler: Reconciler, scope: anyio.CancelScope, settings: Settings) -> None:
+async def _on_signals(
+    reconciler: Reconciler,
+    scope: anyio.CancelScope,
+    settings: Settings,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     log = get_logger(replica=settings.replica_id)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             grace = settings.shutdown_grace.total_seconds()
             log.info("daemon.stopping", signal=signal.Signals(signum).name, grace_seconds=grace)

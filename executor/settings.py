@@ -7,12 +7,14 @@ naming the variable (see `SettingsError`), and the daemon exits 2 without touchi
 from __future__ import annotations
 
 import os
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
+import pydantic_settings
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -58,11 +60,20 @@ class Settings(BaseSettings):
     max_plugin_state_bytes: int = Field(1024 * 1024, ge=1)
     #: Attempts an execution gets when its submission does not say.
     default_max_attempts: int = Field(1, ge=1)
-    #: System failures (raises, timeouts, SYSTEM retryable failures) an attempt may have; the next fails it.
+    #: System failures (raises, timeouts, SYSTEM retryable failures) one attempt may have: the one
+    #: that reaches this count fails the execution with MaxSystemFailuresExceeded.
     max_system_failures: int = Field(3, ge=1)
     retry_backoff_base: Duration = timedelta(seconds=1)
     retry_backoff_max: Duration = timedelta(minutes=5)
     max_phase_versions: int = Field(1000, ge=1)
+    #: How long an attempt may run from its first round when its submission does not say
+    #: (unset: no limit); past it the attempt fails `TimeoutExpired` (retryable).
+    default_timeout: Duration | None = None
+    #: How long a whole execution may take from submission when its submission does not say
+    #: (unset: no deadline); past it the execution fails `DeadlineExceeded` (permanent).
+    default_deadline: Duration | None = None
+    #: Largest inputs (at submission) and outputs (per round), as JSON bytes.
+    max_payload_bytes: int = Field(1024 * 1024, ge=1)
     #: Apply pending migrations when the daemon starts.
     migrate_on_start: bool = True
     #: How long a stopping daemon may spend finishing its round.
@@ -76,6 +87,23 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = None
     #: Quota per resource namespace, overriding what plugins register (JSON object).
     resource_quotas: dict[str, int] = Field(default_factory=dict)
+    #: `HOST:PORT` of the HTTP API, metrics, health checks and dashboard; empty turns HTTP off.
+    http_addr: str = "127.0.0.1:8420"
+    #: Bearer token every `/api` call must present; unset means the API is open.
+    api_token: pydantic.SecretStr | None = None
+
+    @pydantic.field_validator("http_addr")
+    @classmethod
+    def _http_addr(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_http_addr(value)
+        return value
+
+    @pydantic.field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
@@ -92,6 +120,18 @@ class Settings(BaseSettings):
         return self
 
 
+def parse_http_addr(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` -> (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT (such as 127.0.0.1:8420), got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, as [{host}]:{port}")
+    return host, int(port)
+
+
 class SettingsError(Exception):
     """Invalid settings, described in one line that names the variable."""
 
@@ -101,6 +141,10 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except pydantic.ValidationError as err:
         raise SettingsError(_one_line(err)) from None
+    except pydantic_settings.SettingsError as err:
+        # A JSON-valued variable (a dict field) that does not parse: pydantic-settings names the
+        # field, not the variable, and its error is not a ValidationError.
+        raise SettingsError(_source_error(err)) from None
 
 
 def _one_line(err: pydantic.ValidationError) -> str:
@@ -115,3 +159,10 @@ def _one_line(err: pydantic.ValidationError) -> str:
         else:
             problems.append(message)
     return "invalid setting " + "; ".join(problems)
+
+
+def _source_error(err: pydantic_settings.SettingsError) -> str:
+    match = re.search(r'field "(\w+)"', str(err))
+    name = f"EXECUTOR_{match.group(1).upper()}" if match else "a setting"
+    cause = f": {err.__cause__}" if err.__cause__ is not None else ""
+    return f"invalid setting {name}: not valid JSON{cause}"

@@ -1,0 +1,748 @@
+"""The JSON API under `/api/v1`: the CLI's operations, for services written in any language.
+
+Submissions go through `Client.submit`, so the API refuses exactly what `executor submit` refuses,
+before anything is stored. Every error is a 4xx (or a 503 when the database does not answer) with
+the body `{"error": {"code": ..., "message": ..., "details": [...]}}`.
+
+Executions and events have the shapes of `executor get --json` and `executor events --json`
+(`execution_dict`, `event_dict`); the response models below describe them for the OpenAPI
+document, and a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pydantic
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from executor import __version__
+from executor.client import Client, SubmissionError, event_dict, execution_dict
+from executor.core import Phase
+from executor.http.metrics import Metrics
+from executor.plugin.registry import LoadedPlugins
+from executor.settings import Settings
+from executor.store import AbortResult, Store
+from executor.store.replicas import list_replicas
+from executor.store.stats import FINAL_PHASES, finished_per_minute, lease_holders
+
+PREFIX = "/api/v1"
+#: Largest request body accepted; a submission's inputs belong in the store, not a file upload.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_CHART_MINUTES = 24 * 60
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+# -- request and response models (the OpenAPI document is made from these) --------------------
+
+
+class SubmitRequest(BaseModel):
+    """A new execution. Only `task_type` is required."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task_type: str = Field(min_length=1, description="A task type some loaded plugin handles.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The plugin's inputs (a JSON object).")
+    labels: dict[str, str] = Field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int | None = Field(None, ge=1, description="Default: EXECUTOR_DEFAULT_MAX_ATTEMPTS.")
+    not_before: AwareDatetime | None = Field(None, description="No round runs before this time.")
+
+
+class AbortRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field("Aborted by user", min_length=1)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="Stable, machine-readable: bad_json, invalid_request, unknown_task_type, ..."
+    )
+    message: str
+    details: list[Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ExecutionErrorInfo(BaseModel):
+    code: str
+    message: str
+    kind: str
+
+
+class Execution(BaseModel):
+    """An execution, as `executor get --json` prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    task_type: str
+    phase: str = Field(json_schema_extra={"enum": [phase.name for phase in Phase]})
+    phase_version: int
+    reason: str | None
+    error: ExecutionErrorInfo | None
+    attempt: int
+    max_attempts: int
+    system_failures: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    labels: dict[str, str]
+    priority: int
+    rounds: int
+    plugin_state_version: int
+    abort_requested: bool
+    finalized: bool
+    created_at: str | None
+    updated_at: str | None
+    next_round_at: str | None
+    finished_at: str | None
+
+
+class Event(BaseModel):
+    """One entry of an execution's timeline, as `executor events --json` prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    attempt: int
+    phase: str = Field(json_schema_extra={"enum": [phase.name for phase in Phase]})
+    phase_version: int
+    reason: str | None
+    error: ExecutionErrorInfo | None
+    info: dict[str, Any] | None
+    occurred_at: str | None
+
+
+class ExecutionPage(BaseModel):
+    items: list[Execution]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
+
+
+class EventList(BaseModel):
+    items: list[Event]
+
+
+class SubmitResponse(BaseModel):
+    id: str
+    execution: Execution
+
+
+class AbortResponse(BaseModel):
+    id: str
+    result: Literal["requested", "already_finished"]
+    message: str
+
+
+class PluginInfo(BaseModel):
+    id: str
+    task_types: list[str]
+    is_default: bool = Field(description="Handles task types no other plugin claims.")
+
+
+class PluginList(BaseModel):
+    items: list[PluginInfo]
+    task_types: list[str]
+
+
+class Replica(BaseModel):
+    id: str
+    this: bool = Field(description="The replica that answered this request.")
+    live: bool | None = Field(
+        description="Heartbeat within 3 x EXECUTOR_HEARTBEAT_INTERVAL; null: seen only holding leases."
+    )
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    heartbeat_at: str | None = None
+    rounds: int | None = None
+    last_round_at: str | None = None
+    in_flight: int | None = Field(None, description="Executions in its round under way.")
+    executions_leased: int = Field(description="Executions it holds an unexpired lease on.")
+
+
+class ReplicaList(BaseModel):
+    """Live replicas (their heartbeats), and any other replica holding a lease."""
+
+    items: list[Replica]
+
+
+class PhaseCounts(BaseModel):
+    counts: dict[str, int]
+    total: int
+
+
+class FinishedMinute(BaseModel):
+    minute: str
+    SUCCESS: int
+    PERMANENT_FAILURE: int
+    ABORTED: int
+
+
+class FinishedStats(BaseModel):
+    bucket_seconds: int
+    outcomes: list[str]
+    minutes: list[FinishedMinute]
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+class BearerAuth:
+    """Every request needs `Authorization: Bearer <token>` when a token is configured.
+
+    Both sides are hashed before the constant-time compare, so neither the token's content nor
+    its length leaks through timing.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._digest is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() != "bearer" or not credentials:
+            message = (
+                "this API needs a bearer token: send the header Authorization: Bearer <EXECUTOR_API_TOKEN>"
+            )
+        elif not hmac.compare_digest(hashlib.sha256(credentials.encode()).digest(), self._digest):
+            message = "the bearer token is wrong"
+        else:
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="executor"'}
+        )
+        await response(scope, receive, send)
+
+
+# -- the endpoints ----------------------------------------------------------------------------
+
+
+def _iso(seconds: float | None) -> str | None:
+    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
+
+
+def encode_cursor(created_at: float, execution_id: str) -> str:
+    raw = json.dumps([created_at, execution_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, execution_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, int | float):
+            raise ValueError
+        if not isinstance(execution_id, str):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_parameter", "cursor is not one this API handed out") from None
+    return float(created_at), execution_id
+
+
+class Api:
+    def __init__(self, store: Store, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.plugins = plugins
+        self.settings = settings
+        self.metrics = metrics
+        self.client = Client(
+            store, task_types=plugins.resolver, default_max_attempts=settings.default_max_attempts
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/executions", self.submit, methods=["POST"]),
+            Route("/executions", self.list_executions, methods=["GET"]),
+            Route("/executions/{id}", self.get_execution, methods=["GET"]),
+            Route("/executions/{id}/events", self.events, methods=["GET"]),
+            Route("/executions/{id}/abort", self.abort, methods=["POST"]),
+            Route("/plugins", self.plugins_list, methods=["GET"]),
+            Route("/replicas", self.replicas, methods=["GET"]),
+            Route("/stats/phases", self.phase_counts, methods=["GET"]),
+            Route("/stats/finished", self.finished, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    # POST /executions
+    async def submit(self, request: Request) -> Response:
+        raw = await _body(request)
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ApiError(400, "bad_json", f"the request body is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "bad_json", f"the request body must be a JSON object, not {_json_type(data)}")
+        try:
+            body = SubmitRequest.model_validate_json(raw)
+        except pydantic.ValidationError as err:
+            raise _invalid(err) from None
+        if self.plugins.resolver.plugin_id_for(body.task_type) is None:
+            known = self.plugins.task_types
+            raise ApiError(
+                422,
+                "unknown_task_type",
+                f"unknown task type {body.task_type!r}; known task types: {', '.join(known) or 'none'}",
+                [{"known_task_types": known}],
+            )
+        try:
+            execution_id = await self.client.submit(
+                body.task_type,
+                body.inputs,
+                labels=body.labels,
+                priority=body.priority,
+                max_attempts=body.max_attempts,
+                not_before=body.not_before,
+            )
+        except SubmissionError as err:
+            raise ApiError(422, "invalid_submission", f"submission refused: {err}") from None
+        record = await self.client.get(execution_id)
+        assert record is not None
+        return JSONResponse(
+            {"id": execution_id, "execution": execution_dict(record)},
+            status_code=201,
+            headers={"Location": f"{PREFIX}/executions/{execution_id}"},
+        )
+
+    # GET /executions
+    async def list_executions(self, request: Request) -> Response:
+        params = request.query_params
+        phases = [_phase(name) for value in params.getlist("phase") for name in value.split(",") if name]
+        limit = _int_param(params.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        unfinalized = _bool_param(params.get("unfinalized"), "unfinalized")
+        cursor = params.get("cursor")
+        before = decode_cursor(cursor) if cursor else None
+        records = await self.store.list_executions(
+            phases=phases,
+            task_type=params.get("task_type") or None,
+            unfinalized=unfinalized,
+            limit=limit + 1,
+            before=before,
+        )
+        page, more = records[:limit], len(records) > limit
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        return JSONResponse({"items": [execution_dict(r) for r in page], "next_cursor": next_cursor})
+
+    # GET /executions/{id}
+    async def get_execution(self, request: Request) -> Response:
+        execution_id = request.path_params["id"]
+        record = await self.client.get(execution_id)
+        if record is None:
+            raise _not_found(execution_id)
+        return JSONResponse(execution_dict(record))
+
+    # GET /executions/{id}/events
+    async def events(self, request: Request) -> Response:
+        execution_id = request.path_params["id"]
+        if await self.client.get(execution_id) is None:
+            raise _not_found(execution_id)
+        timeline = await self.client.events(execution_id)
+        return JSONResponse({"items": [event_dict(event) for event in timeline]})
+
+    # POST /executions/{id}/abort
+    async def abort(self, request: Request) -> Response:
+        execution_id = request.path_params["id"]
+        raw = await _body(request)
+        reason = AbortRequest().reason
+        if raw.strip():
+            try:
+                reason = AbortRequest.model_validate_json(raw).reason
+            except pydantic.ValidationError as err:
+                if any(e["type"] == "json_invalid" for e in err.errors()):
+                    raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
+                raise _invalid(err) from None
+        result = await self.client.abort(execution_id, reason)
+        if result is AbortResult.NOT_FOUND:
+            raise _not_found(execution_id)
+        if result is AbortResult.ALREADY_FINISHED:
+            message = "already finished; nothing to abort"
+            return JSONResponse({"id": execution_id, "result": result.value, "message": message})
+        message = "abort requested; the daemon aborts it in its next round"
+        return JSONResponse({"id": execution_id, "result": result.value, "message": message}, status_code=202)
+
+    # GET /plugins
+    async def plugins_list(self, request: Request) -> Response:
+        resolver = self.plugins.resolver
+        items = [
+            {
+                "id": plugin_id,
+                "task_types": [t for t in resolver.task_types if resolver.plugin_id_for(t) == plugin_id],
+                "is_default": resolver.default_plugin_id == plugin_id,
+            }
+            for plugin_id in sorted(self.plugins.by_id)
+        ]
+        return JSONResponse({"items": items, "task_types": resolver.task_types})
+
+    # GET /replicas
+    async def replicas(self, request: Request) -> Response:
+        live_within = 3 * self.settings.heartbeat_interval.total_seconds()  # as `executor replicas`
+        beating = await list_replicas(self.store, live_within=live_within)
+        leases = {h.owner: h.executions for h in await lease_holders(self.store, now=time.time())}
+        me = self.settings.replica_id
+        items: list[dict[str, Any]] = [
+            {
+                "id": r.id,
+                "this": r.id == me,
+                "live": r.live,
+                "host": r.host,
+                "pid": r.pid,
+                "started_at": _iso(r.started_at),
+                "heartbeat_at": _iso(r.heartbeat_at),
+                "rounds": r.rounds,
+                "last_round_at": _iso(r.last_round_at),
+                "in_flight": r.in_flight,
+                "executions_leased": leases.pop(r.id, 0),
+            }
+            for r in beating
+        ]
+        if me not in {r.id for r in beating}:  # before its first heartbeat: what it knows itself
+            items.insert(
+                0,
+                {
+                    "id": me,
+                    "this": True,
+                    "live": True,
+                    "started_at": _iso(self.metrics.started_at),
+                    "rounds": self.metrics.rounds,
+                    "last_round_at": _iso(self.metrics.last_round_at),
+                    "executions_leased": leases.pop(me, 0),
+                },
+            )
+        items += [
+            {"id": owner, "this": False, "live": None, "executions_leased": count}
+            for owner, count in sorted(leases.items())
+        ]
+        return JSONResponse({"items": items})
+
+    # GET /stats/phases
+    async def phase_counts(self, request: Request) -> Response:
+        counts = await self.store.count_by_phase()
+        return JSONResponse(
+            {"counts": {phase.name: counts.get(phase, 0) for phase in Phase}, "total": sum(counts.values())}
+        )
+
+    # GET /stats/finished
+    async def finished(self, request: Request) -> Response:
+        minutes = _int_param(request.query_params.get("minutes"), "minutes", 30, 1, MAX_CHART_MINUTES)
+        current = int(time.time()) // 60 * 60
+        first = current - (minutes - 1) * 60
+        buckets: dict[int, dict[str, Any]] = {
+            minute: {"minute": _iso(minute), **{phase.name: 0 for phase in FINAL_PHASES}}
+            for minute in range(first, current + 60, 60)
+        }
+        for item in await finished_per_minute(self.store, since=first):
+            if item.minute in buckets:
+                buckets[item.minute][item.phase.name] += item.count
+        return JSONResponse(
+            {
+                "bucket_seconds": 60,
+                "outcomes": [phase.name for phase in FINAL_PHASES],
+                "minutes": list(buckets.values()),
+            }
+        )
+
+    # GET /openapi.json
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+# -- request helpers --------------------------------------------------------------------------
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"the request body is over {MAX_BODY_BYTES} bytes")
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _invalid(err: pydantic.ValidationError) -> ApiError:
+    details = [
+        {
+            "field": ".".join(str(part) for part in e["loc"]) or "(body)",
+            "message": e["msg"],
+            "type": e["type"],
+        }
+        for e in err.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return ApiError(422, "invalid_request", f"the request is invalid: {summary}", details)
+
+
+def _not_found(execution_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no execution with id {execution_id}")
+
+
+def _phase(name: str) -> Phase:
+    try:
+        return Phase[name.strip().upper().replace("-", "_")]
+    except KeyError:
+        phases = ", ".join(p.name for p in Phase)
+        raise ApiError(400, "invalid_parameter", f"unknown phase {name!r}; phases: {phases}") from None
+
+
+def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ApiError(
+            400, "invalid_parameter", f"{name} must be an integer from {low} to {high}, got {value!r}"
+        )
+    return number
+
+
+def _bool_param(value: str | None, name: str) -> bool:
+    if value is None or value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, "invalid_parameter", f"{name} must be true or false, got {value!r}")
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------
+
+_MODELS: list[type[BaseModel]] = [
+    SubmitRequest,
+    AbortRequest,
+    ErrorBody,
+    Execution,
+    Event,
+    ExecutionPage,
+    EventList,
+    SubmitResponse,
+    AbortResponse,
+    PluginList,
+    ReplicaList,
+    PhaseCounts,
+    FinishedStats,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meaning = {
+        400: "Malformed request: bad JSON, a body that is not an object, a bad query parameter.",
+        401: "Missing or wrong bearer token (only when EXECUTOR_API_TOKEN is set).",
+        404: "No execution with that id.",
+        413: "Request body too large.",
+        422: "Refused: invalid fields, unknown task type, invalid inputs. Nothing was stored.",
+        503: "The database does not answer.",
+    }
+    return {str(code): _json(ErrorBody, meaning[code]) for code in (*codes, 401, 503)}
+
+
+def _id_param() -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def openapi_document() -> dict[str, Any]:
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    phase_names = [phase.name for phase in Phase]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "executor",
+            "version": __version__,
+            "description": "Submit, inspect and abort executions of the executor daemon. When "
+            "EXECUTOR_API_TOKEN is set, every call needs `Authorization: Bearer <token>`.",
+        },
+        "servers": [{"url": PREFIX}],
+        "components": {
+            "schemas": definitions["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/executions": {
+                "post": {
+                    "operationId": "submit",
+                    "summary": "Submit an execution, validated as `executor submit` validates",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(SubmitRequest)}},
+                    },
+                    "responses": {"201": _json(SubmitResponse, "Stored, QUEUED."), **_errors(400, 413, 422)},
+                },
+                "get": {
+                    "operationId": "listExecutions",
+                    "summary": "List executions, newest first, a page at a time",
+                    "parameters": [
+                        _query(
+                            "phase",
+                            {"type": "array", "items": {"type": "string", "enum": phase_names}},
+                            "Only these phases (repeat, or comma-separate).",
+                        ),
+                        _query("task_type", {"type": "string"}, "Only this task type."),
+                        _query(
+                            "unfinalized",
+                            {"type": "boolean"},
+                            "Only finished ones whose finalize has not run.",
+                        ),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                            "Page size.",
+                        ),
+                        _query("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
+                    ],
+                    "responses": {"200": _json(ExecutionPage, "A page."), **_errors(400)},
+                },
+            },
+            "/executions/{id}": {
+                "get": {
+                    "operationId": "getExecution",
+                    "summary": "One execution",
+                    "parameters": [_id_param()],
+                    "responses": {"200": _json(Execution, "The execution."), **_errors(404)},
+                }
+            },
+            "/executions/{id}/events": {
+                "get": {
+                    "operationId": "listEvents",
+                    "summary": "An execution's timeline, across attempts",
+                    "parameters": [_id_param()],
+                    "responses": {"200": _json(EventList, "Oldest first."), **_errors(404)},
+                }
+            },
+            "/executions/{id}/abort": {
+                "post": {
+                    "operationId": "abort",
+                    "summary": "Ask the daemon to abort an execution",
+                    "parameters": [_id_param()],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref(AbortRequest)}},
+                    },
+                    "responses": {
+                        "202": _json(AbortResponse, "Requested; the next round carries it out."),
+                        "200": _json(AbortResponse, "Already finished: nothing to do."),
+                        **_errors(400, 404, 422),
+                    },
+                }
+            },
+            "/plugins": {
+                "get": {
+                    "operationId": "listPlugins",
+                    "summary": "The plugins this replica loaded and the task types they handle",
+                    "responses": {"200": _json(PluginList, "Plugins.")},
+                }
+            },
+            "/replicas": {
+                "get": {
+                    "operationId": "listReplicas",
+                    "summary": "Live replicas, from their heartbeats, and any other replica holding a lease",
+                    "responses": {"200": _json(ReplicaList, "Replicas.")},
+                }
+            },
+            "/stats/phases": {
+                "get": {
+                    "operationId": "countByPhase",
+                    "summary": "How many executions are in each phase",
+                    "responses": {"200": _json(PhaseCounts, "Counts.")},
+                }
+            },
+            "/stats/finished": {
+                "get": {
+                    "operationId": "finishedPerMinute",
+                    "summary": "Executions finished per minute, by outcome, oldest minute first",
+                    "parameters": [
+                        _query(
+                            "minutes",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_CHART_MINUTES, "default": 30},
+                            "How many minutes back, the current one included.",
+                        )
+                    ],
+                    "responses": {"200": _json(FinishedStats, "One entry per minute."), **_errors(400)},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1."}},
+                }
+            },
+        },
+    }

@@ -1,0 +1,258 @@
+"""The HTTP side of the daemon: one ASGI app, served by Hypercorn inside the daemon's event loop.
+
+Hypercorn rather than uvicorn: its `serve(app, config, shutdown_trigger=...)` is made for running
+inside a loop someone else owns. Given a shutdown trigger it installs no signal handlers, so the
+daemon's own SIGTERM handling (finish the round, release leases) stays the only one; uvicorn's
+`Server.serve` captures SIGINT/SIGTERM itself and re-raises them when it returns.
+
+The socket is bound here, before the loop starts, so that an address in use is a one-line error
+naming EXECUTOR_HTTP_ADDR (exit 2), and port 0 gives a real port to log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+import anyio
+import hypercorn.asyncio
+import hypercorn.config
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from executor.http import dashboard, health
+from executor.http.api import PREFIX, Api, ApiError, BearerAuth, error_response
+from executor.http.metrics import Metrics
+from executor.logging import get_logger
+from executor.plugin.registry import LoadedPlugins
+from executor.settings import Settings, SettingsError, parse_http_addr
+from executor.store import Store
+
+
+def create_app(*, store: Store, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> Starlette:
+    """The whole HTTP surface: probes, metrics, `/api/v1` behind the token, and the dashboard."""
+    api = Api(store, plugins, settings, metrics)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    async def healthz(request: Request) -> Response:
+        verdict = health.liveness(metrics, settings)
+        return JSONResponse(verdict.body, status_code=200 if verdict.ok else 503)
+
+    async def readyz(request: Request) -> Response:
+        verdict = await health.readiness(store, plugins)
+        return JSONResponse(verdict.body, status_code=200 if verdict.ok else 503)
+
+    async def metrics_text(request: Request) -> Response:
+        body, content_type = await metrics.render(store, request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", metrics_text, methods=["GET"]),
+            Mount(PREFIX, app=BearerAuth(Router(routes=api.routes()), token)),
+            *dashboard.routes(),
+        ],
+        middleware=[Middleware(_ErrorsAsJson)],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            SQLAlchemyError: _store_unavailable,
+            OSError: _store_unavailable,
+        },
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"nothing at {request.url.path}", 405: f"{request.method} is not allowed here"}
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        message.get(exc.status_code, str(exc.detail)),
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    get_logger().warning(
+        "http.store_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+    )
+    return error_response(503, "store_unavailable", f"the database does not answer: {type(exc).__name__}")
+
+
+class _ErrorsAsJson:
+    """Any other exception: logged through structlog, answered with a JSON 500, not a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watch(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as err:
+            get_logger().error(
+                "http.error", path=scope.get("path"), error=f"{type(err).__name__}: {err}", exc_info=True
+            )
+            if started or scope["type"] != "http":
+                raise
+            response = error_response(500, "internal", f"internal error: {type(err).__name__}")
+            await response(scope, receive, send)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class HttpServer:
+    """A bound socket and the app; `run` serves until cancelled, then shuts down gracefully."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        sock: socket.socket,
+        *,
+        metrics: Metrics,
+        lag_interval: float = 0.1,
+        graceful_timeout: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.lag_interval = lag_interval
+        self.graceful_timeout = graceful_timeout
+        host, port = sock.getsockname()[:2]
+        self.host, self.port = str(host), int(port)
+        self._sock: socket.socket | None = sock
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, store: Store, plugins: LoadedPlugins, metrics: Metrics
+    ) -> HttpServer | None:
+        """Bind EXECUTOR_HTTP_ADDR (None when it is empty) and warn when it is open to the network."""
+        if not settings.http_addr:
+            return None
+        host, port = parse_http_addr(settings.http_addr)
+        try:
+            sock = bind(host, port)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise SettingsError(
+                f"invalid setting EXECUTOR_HTTP_ADDR={settings.http_addr!r}: cannot listen there: {reason}"
+            ) from None
+        app = create_app(store=store, plugins=plugins, settings=settings, metrics=metrics)
+        server = cls(
+            app,
+            sock,
+            metrics=metrics,
+            graceful_timeout=min(5.0, settings.shutdown_grace.total_seconds()),
+        )
+        if settings.api_token is None and not is_loopback(server.host):
+            get_logger(replica=settings.replica_id).warning(
+                "http.unauthenticated",
+                address=server.url,
+                detail="EXECUTOR_HTTP_ADDR is reachable from other hosts and EXECUTOR_API_TOKEN is not set: "
+                "anyone who reaches this port can submit and abort executions",
+            )
+        return server
+
+    def close(self) -> None:
+        """Release the socket of a server that will not run."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def run(self) -> None:
+        if self._sock is None:
+            raise RuntimeError("an HttpServer runs once, and not after close()")
+        config = hypercorn.config.Config()
+        config.bind = [f"fd://{self._sock.detach()}"]  # Hypercorn owns and closes it from here
+        self._sock = None
+        config.accesslog = None
+        config.errorlog = _hypercorn_logger()
+        config.graceful_timeout = self.graceful_timeout
+        stopping = anyio.Event()
+        shield = anyio.CancelScope(shield=True)
+
+        async def serve() -> None:
+            with shield:
+                await hypercorn.asyncio.serve(self.app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.metrics.watch_event_loop, self.lag_interval)
+            group.start_soon(serve)
+            get_logger().info(
+                "http.listening", url=self.url, dashboard=f"{self.url}/", api=f"{self.url}{PREFIX}"
+            )
+            try:
+                await anyio.sleep_forever()
+            finally:
+                # Cancelled (the daemon is stopping): let requests under way finish, within bounds.
+                stopping.set()
+                shield.deadline = anyio.current_time() + self.graceful_timeout + 1
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log = get_logger()
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        getattr(log, level)("http.server", message=record.getMessage(), exc_info=record.exc_info or False)
+
+
+def _hypercorn_logger() -> logging.Logger:
+    """Hypercorn's own messages (warnings and errors), as structlog lines like every other."""
+    logger = logging.getLogger("executor.http.hypercorn")
+    if not logger.handlers:
+        logger.addHandler(_ToStructlog())
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    return logger
