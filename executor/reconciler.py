@@ -170,7 +170,12 @@ class Reconciler:
 
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
-        due_in = await self.store.due_in(self.clock())
+        try:
+            due_in = await self.store.due_in(self.clock())
+        except Exception as err:
+            if not _is_store_error(err):
+                raise
+            return poll  # the database went away after the round: the next round reports it
         return poll if due_in is None else min(poll, due_in)
 
     @property
@@ -211,9 +216,10 @@ class Reconciler:
         self._in_flight = (token, [record.id for record in claimed])
         try:
             return await self._drive(number, token, claimed)
-        except Exception:
-            # The commit failed (the database went away mid-round): nothing of it is visible. Hand
-            # the leases back if the database lets us, so the round runs again without waiting the TTL.
+        except BaseException:
+            # The round was cancelled (the shutdown grace ran out) or its commit failed (the database
+            # went away mid-round): nothing of it is visible. Hand the leases back if the database
+            # lets us, so that the executions run again at once, here or elsewhere, not after the TTL.
             await self._release_quietly(token, [record.id for record in claimed])
             raise
         finally:
@@ -433,4 +439,6 @@ def _is_store_error(err: BaseException) -> bool:
     """Errors of the database or its connection: the loop retries those instead of dying."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
+    if isinstance(err, BaseExceptionGroup):  # from store calls made inside a task group
+        return all(_is_store_error(inner) for inner in err.exceptions)
     return isinstance(err, DBAPIError | OperationalError | OSError | ConnectionError)

@@ -82,6 +82,7 @@ class TaskExecContext:
 
     __slots__ = (
         "input_reader",
+        "lease_token",
         "logger",
         "output_writer",
         "plugin_state_reader",
@@ -121,3 +122,6 @@ class TaskExecContext:
         self.resource_manager = resource_manager
         self.secret_manager = secret_manager
         self.logger = logger
+        #: The lease this round holds the execution under. Not part of the plugin contract: the
+        #: fencing tests record it to prove that no two replicas commit the same round.
+        self.lease_token = record.lease_token
