@@ -45,7 +45,12 @@ async def setup_plugins(
     settings: Settings, resources: InProcessResourceManager, registry: PluginRegistry | None = None
 ) -> LoadedPlugins:
     registry = registry if registry is not None else collect_registry(settings)
-    setup = SetupContext(settings=settings, logger=get_logger(), resource_registrar=resources)
+    setup = SetupContext(
+        settings=settings,
+        logger=get_logger(),
+        resource_registrar=resources,
+        plugin_config=settings.plugin_config,
+    )
     return await load_plugins(registry, setup, settings.default_for_task_types)
 
 

@@ -11,7 +11,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import pydantic_settings
@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = None
     #: Quota per resource namespace, overriding what plugins register (JSON object).
     resource_quotas: dict[str, int] = Field(default_factory=dict)
+    #: Per-plugin configuration, plugin id -> object (JSON), handed to `load_plugin` as
+    #: `SetupContext.plugin_config`; e.g. `{"http-job": {"read_rate": 5, "resync_interval": "10s"}}`.
+    plugin_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: `HOST:PORT` of the HTTP API, metrics, health checks and dashboard; empty turns HTTP off.
     http_addr: str = "127.0.0.1:8420"
     #: Bearer token every `/api` call must present; unset means the API is open.

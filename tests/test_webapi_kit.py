@@ -161,3 +161,27 @@ async def test_a_thousand_executions_poll_through_the_cache_within_the_resync_bo
     assert max(per_job.values()) <= math.ceil(2.0 / resync) + 2
     assert server.max_in_flight["GET"] <= workers
     assert server.calls_of("DELETE") == []
+
+
+@pytest.mark.anyio
+async def test_the_daemon_hands_plugin_config_to_the_kit(sqlite_url: str) -> None:
+    """EXECUTOR_PLUGIN_CONFIG overrides a kit plugin's defaults; a bad value stops the start-up."""
+    from executor.daemon import setup_plugins
+    from executor.plugin.registry import PluginRegistryError
+    from executor.plugin.resources import InProcessResourceManager
+    from executor.settings import load_settings
+    from tests.webapi_support import PLUGINS
+
+    settings = load_settings(
+        database_url=sqlite_url,
+        plugins_dir=PLUGINS,
+        plugin_entry_points=False,
+        plugin_config={"http-job": {"read_rate": 5, "resync_interval": "10s"}},
+    )
+    plugins = await setup_plugins(settings, InProcessResourceManager())
+    config = plugins.by_id["http-job"].config
+    assert (config.read_rate, config.resync_interval, config.write_rate) == (5.0, 10.0, 10.0)
+
+    bad = settings.model_copy(update={"plugin_config": {"http-job": {"read_rate": -1}}})
+    with pytest.raises(PluginRegistryError, match=r"http-job.*read_rate"):
+        await setup_plugins(bad, InProcessResourceManager())

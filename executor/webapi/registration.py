@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from executor.core import PluginEntry, SetupContext
 from executor.webapi.core import WebApiPlugin
 from executor.webapi.plugin import AsyncPlugin
@@ -40,7 +42,14 @@ def async_plugin_entry(
         plugin = await loaded if inspect.isawaitable(loaded) else loaded
         if not isinstance(plugin, AsyncPlugin):
             raise TypeError(f"load_plugin returned {type(plugin).__name__}, not an AsyncPlugin")
-        config = plugin.config.with_overrides(setup.plugin_config.get(id))
+        try:
+            config = plugin.config.with_overrides(setup.plugin_config.get(id))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+                for e in err.errors(include_url=False, include_input=False)
+            )
+            raise ValueError(f"invalid configuration for plugin {id!r}: {problems}") from None
         for namespace, quota in config.resource_quotas.items():
             setup.resource_registrar.register_resource_quota(namespace, quota)
         return WebApiPlugin(id, plugin, config, logger=setup.logger)
