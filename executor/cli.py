@@ -11,13 +11,13 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import anyio
 
 from executor import __version__
-from executor.client import Client, SchemaError, SubmissionError, event_dict, execution_dict
+from executor.client import Client, SchemaError, SubmissionError, _iso, event_dict, execution_dict
 from executor.core import Phase
 from executor.logging import configure_logging
 from executor.plugin.loader import PluginLoadError
@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--max-attempts", type=int, default=None)
+    submit.add_argument(
+        "--timeout", type=_duration, metavar="DURATION", help="per attempt, from its first round"
+    )
+    submit.add_argument("--deadline", type=_duration, metavar="DURATION", help="for the whole execution")
+    submit.add_argument(
+        "--not-before", type=_when, metavar="TIME", help="ISO 8601 time, or a delay such as 10m"
+    )
+    submit.add_argument(
+        "--idempotency-key", metavar="KEY", help="a repeat with this key returns the first id"
+    )
+    submit.add_argument("--backoff-base", type=_duration, metavar="DURATION")
+    submit.add_argument("--backoff-max", type=_duration, metavar="DURATION")
     submit.set_defaults(command=_submit)
 
     get = commands.add_parser("get", parents=[as_json], help="show one execution")
@@ -128,6 +140,24 @@ def _phase(text: str) -> Phase:
         raise argparse.ArgumentTypeError(
             f"unknown phase {text!r}; phases: {', '.join(p.name for p in Phase)}"
         ) from None
+
+
+def _duration(text: str) -> timedelta:
+    from executor.core import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _when(text: str) -> datetime:
+    """An ISO 8601 time (UTC when it names no zone), or a delay from now such as `10m`."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.now(UTC) + _duration(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _positive(text: str) -> int:
@@ -186,7 +216,17 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     async def body(client: Client) -> int:
         try:
             execution_id = await client.submit(
-                args.task_type, inputs, labels=labels, priority=args.priority, max_attempts=args.max_attempts
+                args.task_type,
+                inputs,
+                labels=labels,
+                priority=args.priority,
+                max_attempts=args.max_attempts,
+                not_before=args.not_before,
+                timeout=args.timeout,
+                deadline=args.deadline,
+                idempotency_key=args.idempotency_key,
+                backoff_base=args.backoff_base,
+                backoff_max=args.backoff_max,
             )
         except SubmissionError as err:
             raise CommandError(f"submission refused: {err}") from None
@@ -212,7 +252,23 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{key:<16}{data[key] if data[key] is not None else '-'}")
         if record.error:
             print(f"{'error':<16}{record.error.code} ({record.error.kind.value}): {record.error.message}")
-        for key in ("created_at", "updated_at", "finished_at", "finalized", "labels", "inputs", "outputs"):
+        data["finalize_error"] = record.finalize_error
+        data["timeout"] = f"{record.timeout:g}s" if record.timeout is not None else None
+        data["deadline_at"] = _iso(record.deadline_at)
+        data["idempotency_key"] = record.idempotency_key
+        for key in (
+            "created_at",
+            "updated_at",
+            "finished_at",
+            "finalized",
+            "finalize_error",
+            "timeout",
+            "deadline_at",
+            "idempotency_key",
+            "labels",
+            "inputs",
+            "outputs",
+        ):
             value = data[key]
             shown = json.dumps(value) if isinstance(value, dict | list) else value
             print(f"{key:<16}{shown if shown is not None else '-'}")

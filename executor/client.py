@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
+
+from pydantic import ValidationError
 
 from executor.core import Phase
 from executor.core.records import EventRecord, ExecutionRecord
 from executor.plugin.registry import TaskTypeResolver
+from executor.plugin.task_exec_context import field_errors
 from executor.settings import Settings, load_settings
 from executor.store import AbortResult, Store, Submission
 from executor.store.migrate import current_revision, head_revision, upgrade
@@ -31,11 +35,21 @@ class SchemaError(RuntimeError):
 
 class Client:
     def __init__(
-        self, store: Store, *, task_types: TaskTypeResolver | None = None, default_max_attempts: int = 1
+        self,
+        store: Store,
+        *,
+        task_types: TaskTypeResolver | None = None,
+        default_max_attempts: int = 1,
+        default_timeout: timedelta | None = None,
+        default_deadline: timedelta | None = None,
+        max_payload_bytes: int | None = None,
     ):
         self.store = store
         self._task_types = task_types
         self._default_max_attempts = default_max_attempts
+        self._default_timeout = default_timeout
+        self._default_deadline = default_deadline
+        self._max_payload_bytes = max_payload_bytes
 
     @classmethod
     async def connect(
@@ -53,7 +67,14 @@ class Client:
         except BaseException:
             await store.close()
             raise
-        return cls(store, task_types=task_types, default_max_attempts=settings.default_max_attempts)
+        return cls(
+            store,
+            task_types=task_types,
+            default_max_attempts=settings.default_max_attempts,
+            default_timeout=settings.default_timeout,
+            default_deadline=settings.default_deadline,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
 
     async def close(self) -> None:
         await self.store.close()
@@ -75,16 +96,52 @@ class Client:
         priority: int = 0,
         max_attempts: int | None = None,
         not_before: datetime | None = None,
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109 -- the execution's, not this call's
+        deadline: timedelta | float | None = None,
+        idempotency_key: str | None = None,
+        backoff_base: timedelta | float | None = None,
+        backoff_max: timedelta | float | None = None,
     ) -> str:
-        submission = self.validate(task_type, inputs, labels, priority, max_attempts, not_before)
+        """Store an execution and return its id (with `idempotency_key`, the id the key first got).
+
+        `timeout` bounds each attempt from its first round (then `TimeoutExpired`, retried while
+        attempts remain); `deadline` bounds the whole execution from now (then `DeadlineExceeded`).
+        Durations take a timedelta or seconds; unset ones take the daemon's defaults.
+        """
+        submission = self.validate(
+            task_type,
+            inputs,
+            labels,
+            priority,
+            max_attempts,
+            not_before,
+            timeout=timeout,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
         return await self.store.submit(submission, now=time.time())
 
     async def submit_many(self, submissions: Sequence[Submission]) -> list[str]:
         """Bulk submission of already-built submissions (each still validated)."""
         checked = [
-            self.validate(s.task_type, s.inputs, s.labels, s.priority, s.max_attempts, None)
+            self.validate(
+                s.task_type,
+                s.inputs,
+                s.labels,
+                s.priority,
+                s.max_attempts,
+                None,
+                timeout=s.timeout,
+                deadline=s.deadline,
+                idempotency_key=s.idempotency_key,
+                backoff_base=s.backoff_base,
+                backoff_max=s.backoff_max,
+            )
             for s in submissions
         ]
+        checked = [replace(c, not_before=s.not_before) for s, c in zip(submissions, checked, strict=True)]
         return await self.store.submit_many(checked, now=time.time())
 
     def validate(
@@ -95,6 +152,12 @@ class Client:
         priority: int = 0,
         max_attempts: int | None = None,
         not_before: datetime | None = None,
+        *,
+        timeout: timedelta | float | None = None,
+        deadline: timedelta | float | None = None,
+        idempotency_key: str | None = None,
+        backoff_base: timedelta | float | None = None,
+        backoff_max: timedelta | float | None = None,
     ) -> Submission:
         if not task_type:
             raise SubmissionError("the task type is empty")
@@ -104,10 +167,36 @@ class Client:
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
             raise SubmissionError(f"inputs must be a JSON object, not {type(inputs).__name__}")
+        model = self._task_types.input_model_for(task_type) if self._task_types is not None else None
+        if model is not None:
+            try:
+                inputs = model.model_validate(dict(inputs)).model_dump(mode="json")
+            except ValidationError as err:
+                raise SubmissionError(
+                    f"inputs do not fit {model.__name__} for task type {task_type!r}: {field_errors(err)}"
+                ) from None
         try:
-            json.dumps(inputs, allow_nan=False)
+            encoded = json.dumps(inputs, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as err:
             raise SubmissionError(f"inputs cannot be stored as JSON: {err}") from None
+        size = len(encoded.encode())
+        if self._max_payload_bytes is not None and size > self._max_payload_bytes:
+            raise SubmissionError(
+                f"inputs are {size} bytes as JSON, over the limit of {self._max_payload_bytes} bytes "
+                "(EXECUTOR_MAX_PAYLOAD_BYTES)"
+            )
+        timeout_s = _seconds("timeout", timeout, self._default_timeout)
+        deadline_s = _seconds("deadline", deadline, self._default_deadline)
+        base_s = _seconds("backoff_base", backoff_base, None)
+        max_s = _seconds("backoff_max", backoff_max, None)
+        if base_s is not None and max_s is not None and base_s > max_s:
+            raise SubmissionError("backoff_base must not exceed backoff_max")
+        if base_s is not None and base_s <= 0:
+            raise SubmissionError("backoff_base must be positive: a zero backoff retries in a tight loop")
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+            raise SubmissionError("idempotency_key must be 1 to 255 characters")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise SubmissionError(f"priority must be an int, not {type(priority).__name__}")
         labels = dict(labels or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise SubmissionError("labels must map strings to strings")
@@ -123,6 +212,11 @@ class Client:
             priority=priority,
             max_attempts=attempts,
             not_before=not_before.timestamp() if not_before is not None else None,
+            timeout=timeout_s,
+            deadline=deadline_s,
+            backoff_base=base_s,
+            backoff_max=max_s,
+            idempotency_key=idempotency_key,
         )
 
     async def get(self, execution_id: str) -> ExecutionRecord | None:
@@ -145,6 +239,15 @@ class Client:
 
     async def abort(self, execution_id: str, reason: str = "Aborted by user") -> AbortResult:
         return await self.store.request_abort(execution_id, reason, now=time.time())
+
+
+def _seconds(name: str, value: timedelta | float | None, default: timedelta | None) -> float | None:
+    if value is None:
+        return default.total_seconds() if default is not None else None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise SubmissionError(f"{name} must be a positive duration, got {value!r}")
+    return float(seconds)
 
 
 async def ensure_schema(store: Store, *, migrate: bool) -> None:

@@ -5,6 +5,13 @@ timed out, returned garbage, or no plugin handles its type), `advance` decides t
 the events to append. No I/O and no clock: `now` is an argument, and backoff jitter is derived from
 the execution's id, so the same inputs always give the same decision. This is what lets the whole
 lifecycle be tested exhaustively with property tests.
+
+An attempt ends in a terminal phase (SUCCESS, RETRYABLE_FAILURE, PERMANENT_FAILURE, ABORTED). The
+commit that ends it leaves the row claimable with its plugin state intact, and marks whether the
+plugin's `abort` is owed; `cleaned_up` then records the outcome of `abort` and `finalize`. Only
+once both ran does a RETRYABLE_FAILURE become the next attempt (state and outputs cleared, QUEUED,
+after a backoff). So a crash between the commit and `finalize` loses nothing: the row is still
+terminal and unfinalized, and the next claim runs the clean-up, once to completion.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-from executor.core import ErrorKind, ExecutionError, Phase, PhaseInfo, Transition
+from executor.core import ErrorKind, ExecutionError, Phase, PhaseInfo, TaskInfo, Transition
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate, StateChange
 
 
@@ -66,11 +73,72 @@ class AbortRequested:
     abort_error: str | None = None
 
 
-Outcome = Handled | SystemFault | Rejected | NoPlugin | AbortRequested
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """The attempt ran past its `timeout`, or the execution past its `deadline` (see `expired`)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """What the clean-up of a terminal attempt achieved: `abort` (when owed) and `finalize`."""
+
+    aborted: bool
+    finalized: bool
+    #: Why the clean-up did not complete (the error `abort` or `finalize` raised).
+    error: str | None = None
+
+
+Outcome = Handled | SystemFault | Rejected | NoPlugin | AbortRequested | Expired
+
+TIMEOUT_EXPIRED = "TimeoutExpired"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def expired(record: ExecutionRecord, now: float) -> Expired | None:
+    """Whether a claimed, still running execution is past its deadline or its attempt's timeout.
+
+    Checked before `handle` is called: an expired attempt is not handled again, it is ended (and
+    its `abort` and `finalize` run). The deadline wins when both have passed: it is final.
+    """
+    if record.deadline_at is not None and now >= record.deadline_at:
+        lasted = now - record.created_at
+        return Expired(
+            DEADLINE_EXCEEDED,
+            f"the execution's deadline passed {lasted:.3f}s after submission "
+            f"(deadline {record.deadline_at - record.created_at:g}s), in attempt {record.attempt}",
+        )
+    ends = attempt_ends_at(record)
+    if ends is not None and now >= ends:
+        return Expired(
+            TIMEOUT_EXPIRED,
+            f"attempt {record.attempt} ran for {now - (record.attempt_started_at or now):.3f}s, "
+            f"over its timeout of {record.timeout:g}s",
+        )
+    return None
+
+
+def attempt_ends_at(record: ExecutionRecord) -> float | None:
+    """When the current attempt times out (None: no timeout, or it has not started)."""
+    if record.timeout is None or record.attempt_started_at is None:
+        return None
+    return record.attempt_started_at + record.timeout
+
+
+def policy_for(record: ExecutionRecord, policy: Policy) -> Policy:
+    """The daemon's policy with the submission's own backoff, when it gave one."""
+    if record.backoff_base is None and record.backoff_max is None:
+        return policy
+    base = record.backoff_base if record.backoff_base is not None else policy.backoff_base
+    ceiling = record.backoff_max if record.backoff_max is not None else max(policy.backoff_max, base)
+    return replace(policy, backoff_base=base, backoff_max=max(ceiling, base))
 
 
 def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy) -> RecordUpdate:
     """The record and events that follow `outcome` for `record`, claimed and handled at `now`."""
+    started = record.attempt_started_at is not None or isinstance(outcome, Handled | SystemFault | Rejected)
     record = replace(
         record,
         rounds=record.rounds + 1,
@@ -82,7 +150,7 @@ def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Polic
         case SystemFault(code, message):
             return _system_fault(record, ExecutionError(code, message, ErrorKind.SYSTEM), now, policy)
         case Rejected(code, message):
-            return _finish(record, PhaseInfo.system_failure(code, message), now)
+            return _finish(record, PhaseInfo.system_failure(code, message), now, abort=True)
         case NoPlugin(task_type, known):
             known_text = ", ".join(known) if known else "none"
             message = f"no plugin handles task type {task_type!r}; known task types: {known_text}"
@@ -90,22 +158,76 @@ def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Polic
         case AbortRequested(reason, abort_error):
             info = PhaseInfo.aborted(reason)
             if abort_error is not None:
+                # The caller already ran `abort` (and it raised): it is not owed again.
                 error = ExecutionError("AbortFailed", abort_error, ErrorKind.SYSTEM)
-                info = replace(info, error=error)
-            return _finish(record, info, now)
+                return _finish(record, replace(info, error=error), now)
+            # Nothing ever ran in this attempt: nothing to stop, so `abort` is not owed.
+            return _finish(record, info, now, abort=started)
+        case Expired(code, message):
+            error = ExecutionError(code, message, ErrorKind.USER)
+            if code == TIMEOUT_EXPIRED:
+                return _user_retry(record, error, now, policy, abort=started)
+            failure = PhaseInfo(Phase.PERMANENT_FAILURE, reason=code, error=error)
+            return _finish(record, failure, now, abort=started)
+
+
+def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Policy) -> RecordUpdate:
+    """The record after the clean-up of its terminal attempt ran: `abort` (when owed), `finalize`.
+
+    Done for a final phase: the execution is finished for good. Done for a RETRYABLE_FAILURE: the
+    next attempt starts, clean (no state, no outputs), QUEUED after a backoff, unless an abort was
+    requested meanwhile or the deadline passed. Not done: it is retried after a backoff of its own
+    (the finalize failure count, separate from the attempt's system failures).
+    """
+    record = replace(record, abort_owed=record.abort_owed and not cleanup.aborted, updated_at=now)
+    if not cleanup.finalized:
+        failures = record.finalize_failures + 1
+        delay = backoff_delay(record.id, failures, policy_for(record, policy))
+        flagged = replace(
+            record, finalize_failures=failures, finalize_error=cleanup.error, next_round_at=now + delay
+        )
+        return RecordUpdate(flagged)
+    done = replace(record, finalized=True, finalize_error=None)
+    if done.phase.is_final:
+        return RecordUpdate(done)
+    # A RETRYABLE_FAILURE whose attempt is cleaned up.
+    if done.abort_requested:
+        return _finish(done, PhaseInfo.aborted(done.abort_reason or "Aborted"), now, cleaned=True)
+    if done.deadline_at is not None and now >= done.deadline_at:
+        lapsed = expired(done, now)
+        assert lapsed is not None
+        failure = PhaseInfo(
+            Phase.PERMANENT_FAILURE,
+            reason=lapsed.code,
+            error=ExecutionError(lapsed.code, lapsed.message, ErrorKind.USER),
+        )
+        return _finish(done, failure, now, cleaned=True)
+    failed_code = done.reason or "RetryableFailure"
+    new_attempt = replace(
+        done,
+        attempt=done.attempt + 1,
+        system_failures=0,
+        finalize_failures=0,
+        finalized=False,
+        plugin_state=None,
+        plugin_state_version=0,
+        outputs=None,
+        attempt_started_at=None,
+    )
+    delay = backoff_delay(done.id, done.attempt, policy_for(done, policy))
+    queued = _move(
+        new_attempt,
+        PhaseInfo.queued(f"Retrying after {failed_code}"),
+        now,
+        next_round_at=_bounded(new_attempt, now + delay),
+    )
+    return RecordUpdate(queued.record, queued.events, state_changed=True, outputs_changed=True)
 
 
 def finalized(record: ExecutionRecord, *, succeeded: bool, now: float, policy: Policy) -> ExecutionRecord:
-    """The record after `finalize` ran for a finished execution: done, or due again after a backoff."""
-    if succeeded:
-        return replace(record, finalized=True, updated_at=now)
-    failures = record.system_failures + 1
-    return replace(
-        record,
-        system_failures=failures,
-        next_round_at=now + backoff_delay(record.id, failures, policy),
-        updated_at=now,
-    )
+    """The record after `finalize` ran for a finished execution (no `abort` owed): see `cleaned_up`."""
+    cleanup = Cleanup(aborted=True, finalized=succeeded, error=None if succeeded else "finalize failed")
+    return cleaned_up(record, cleanup, now, policy).record
 
 
 def backoff_delay(execution_id: str, failures: int, policy: Policy) -> float:
@@ -122,6 +244,7 @@ def backoff_delay(execution_id: str, failures: int, policy: Policy) -> float:
 
 
 def _handled(record: ExecutionRecord, outcome: Handled, now: float, policy: Policy) -> RecordUpdate:
+    policy = policy_for(record, policy)
     transition = outcome.transition
     info = transition.phase_info
     state_changed = outcome.state is not None
@@ -136,9 +259,12 @@ def _handled(record: ExecutionRecord, outcome: Handled, now: float, policy: Poli
         if transition.requeue_after is not None
         else policy.default_requeue
     )
+    if info.phase is Phase.WAITING_FOR_RESOURCES:
+        # Asked again later, never in a tight loop: a refused allocation frees up only with time.
+        requeue = max(requeue, policy.default_requeue)
     if info.phase is Phase.UNDEFINED:
         # "Nothing to report": keep everything, look again later.
-        unchanged = replace(record, next_round_at=now + requeue, updated_at=now)
+        unchanged = replace(record, next_round_at=_bounded(record, now + requeue), updated_at=now)
         return RecordUpdate(unchanged, (), state_changed, outputs_changed)
     if info.version > policy.max_phase_versions:
         failure = PhaseInfo.system_failure(
@@ -146,43 +272,39 @@ def _handled(record: ExecutionRecord, outcome: Handled, now: float, policy: Poli
             f"phase {info.phase.name} reached version {info.version}, "
             f"above the limit of {policy.max_phase_versions}",
         )
-        return _with_changes(_finish(record, failure, now), state_changed, outputs_changed)
+        return _with_changes(_finish(record, failure, now, abort=True), state_changed, outputs_changed)
     if info.phase is Phase.RETRYABLE_FAILURE:
         error = info.error or ExecutionError("RetryableFailure", info.reason or "", ErrorKind.UNKNOWN)
         if error.kind is ErrorKind.SYSTEM:
             update = _system_fault(record, error, now, policy)
         else:
-            update = _user_retry(record, error, now, policy)
+            # Before another attempt, `abort` then `finalize` the failed one.
+            update = _user_retry(record, error, now, policy, abort=True, info=info.info)
         return _with_changes(update, state_changed, outputs_changed)
     if info.phase.is_final:
-        return _with_changes(_finish(record, info, now), state_changed, outputs_changed)
-    update = _move(record, info, now, next_round_at=now + requeue)
+        # Flyte's CleanupOnFailure: a plugin that failed may still want its remote work stopped.
+        abort = info.phase.is_failure and info.cleanup_on_failure
+        return _with_changes(_finish(record, info, now, abort=abort), state_changed, outputs_changed)
+    update = _move(record, info, now, next_round_at=_bounded(record, now + requeue))
     return _with_changes(update, state_changed, outputs_changed)
 
 
-def _user_retry(record: ExecutionRecord, error: ExecutionError, now: float, policy: Policy) -> RecordUpdate:
-    """A retryable failure of the user's work: a new attempt from a clean state, after a backoff."""
+def _user_retry(
+    record: ExecutionRecord,
+    error: ExecutionError,
+    now: float,
+    policy: Policy,
+    *,
+    abort: bool,
+    info: TaskInfo | None = None,
+) -> RecordUpdate:
+    """A retryable failure of the user's work: the attempt ends RETRYABLE_FAILURE, owing its
+    clean-up; `cleaned_up` starts the next one. Out of attempts: MaxRetriesExceeded."""
     if record.attempt >= record.max_attempts:
         message = f"attempt {record.attempt} of {record.max_attempts} failed: {error.code}: {error.message}"
-        return _finish(record, PhaseInfo.failure("MaxRetriesExceeded", message), now)
-    ended = _move(record, PhaseInfo(Phase.RETRYABLE_FAILURE, reason=error.code, error=error), now)
-    new_attempt = replace(
-        ended.record,
-        attempt=record.attempt + 1,
-        system_failures=0,
-        plugin_state=None,
-        plugin_state_version=0,
-        attempt_started_at=None,
-        phase=Phase.UNDEFINED,  # so that QUEUED below always reads as a change
-    )
-    delay = backoff_delay(record.id, record.attempt, policy)
-    queued = _move(
-        new_attempt,
-        PhaseInfo.queued(f"Retrying after {error.code}"),
-        now,
-        next_round_at=now + delay,
-    )
-    return RecordUpdate(queued.record, ended.events + queued.events, state_changed=True)
+        return _finish(record, PhaseInfo.failure("MaxRetriesExceeded", message, info), now, abort=abort)
+    ended = PhaseInfo(Phase.RETRYABLE_FAILURE, reason=error.code, error=error, info=info)
+    return _finish(record, ended, now, abort=abort)
 
 
 def _system_fault(record: ExecutionRecord, error: ExecutionError, now: float, policy: Policy) -> RecordUpdate:
@@ -193,16 +315,35 @@ def _system_fault(record: ExecutionRecord, error: ExecutionError, now: float, po
             f"{failures} system failures in attempt {record.attempt}; last: {error.code}: {error.message}"
         )
         failed = replace(record, system_failures=failures)
-        return _finish(failed, PhaseInfo.system_failure("MaxSystemFailuresExceeded", message), now)
+        info = PhaseInfo.system_failure("MaxSystemFailuresExceeded", message)
+        return _finish(failed, info, now, abort=True)
     faulted = replace(record, system_failures=failures)
     info = PhaseInfo(record.phase, record.phase_version, reason=error.code, error=error)
-    return _move(faulted, info, now, next_round_at=now + backoff_delay(record.id, failures, policy))
+    delay = backoff_delay(record.id, failures, policy_for(record, policy))
+    return _move(faulted, info, now, next_round_at=_bounded(record, now + delay))
 
 
-def _finish(record: ExecutionRecord, info: PhaseInfo, now: float) -> RecordUpdate:
-    """End the execution; `finalize` is owed, so it stays claimable until that is recorded."""
+def _finish(
+    record: ExecutionRecord, info: PhaseInfo, now: float, *, abort: bool = False, cleaned: bool = False
+) -> RecordUpdate:
+    """End the attempt in a terminal phase. Unless it is already `cleaned` up, its clean-up is owed
+    (`abort` first when `abort`), so it stays claimable, due now, until `cleaned_up` records it."""
     update = _move(record, info, now, next_round_at=now)
-    return replace(update, record=replace(update.record, finished_at=now))
+    ended = replace(
+        update.record,
+        finished_at=now if info.phase.is_final else None,
+        finalized=cleaned,
+        abort_owed=abort and not cleaned,
+        finalize_failures=0 if not cleaned else update.record.finalize_failures,
+        finalize_error=None,
+    )
+    return replace(update, record=ended)
+
+
+def _bounded(record: ExecutionRecord, next_round_at: float) -> float:
+    """No later than the attempt's timeout or the deadline: the round that finds them ends it."""
+    limits = [limit for limit in (attempt_ends_at(record), record.deadline_at) if limit is not None]
+    return min([next_round_at, *limits])
 
 
 def _move(

@@ -13,20 +13,22 @@ import time
 import types
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
 
 from executor import lifecycle
-from executor.core import Phase, PhaseInfo, Plugin, PluginStateError, Transition
+from executor.core import Phase, PhaseInfo, Plugin, PluginStateError, TaskLog, Transition
 from executor.core.records import ExecutionRecord, RecordUpdate
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
 from executor.plugin.resources import InProcessResourceManager
 from executor.plugin.task_exec_context import SecretManager, TaskExecContext
+from executor.redaction import REDACTOR
 from executor.settings import Settings
 from executor.store import Store
+from executor.store.quotas import SqlResourceManager
 
 Clock = Callable[[], float]
 
@@ -96,6 +98,7 @@ _OUTCOME_LABELS: dict[type, str] = {
     lifecycle.Rejected: "rejected",
     lifecycle.NoPlugin: "no_plugin",
     lifecycle.AbortRequested: "aborted",
+    lifecycle.Expired: "expired",
 }
 
 
@@ -128,8 +131,11 @@ class Reconciler:
         )
         self._handle_timeout = settings.handle_timeout.total_seconds()
         self._lease_ttl = settings.lease_ttl.total_seconds()
+        # What plugins registered at set-up; the quotas themselves are kept in the store.
         self._resources = resource_manager or InProcessResourceManager(settings.resource_quotas)
-        self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir)
+        self._quotas = SqlResourceManager(store)
+        self._quotas_registered = False
+        self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir, on_read=REDACTOR.add)
         self._log = get_logger(replica=settings.replica_id)
         self.observer: RoundObserver = observer or _NoObserver()
         self._in_flight: tuple[str, list[str]] | None = None
@@ -203,6 +209,9 @@ class Reconciler:
         self.rounds += 1
         number = self.rounds
         token = str(uuid.uuid4())
+        if not self._quotas_registered:
+            await self._quotas.register(self._resources.quotas)
+            self._quotas_registered = True
         claimed = await self.store.claim(
             owner=self.settings.replica_id,
             token=token,
@@ -233,8 +242,9 @@ class Reconciler:
                 self._log.info("round.release_failed", error=f"{type(err).__name__}: {err}", leases=len(ids))
 
     async def _drive(self, number: int, token: str, claimed: list[ExecutionRecord]) -> RoundStats:
-        awaiting_finalize = [record for record in claimed if record.phase.is_final]
-        active = [record for record in claimed if not record.phase.is_final]
+        # An attempt that ended earlier and still owes its clean-up gets that, not `handle`.
+        awaiting_cleanup = [record for record in claimed if record.phase.is_terminal]
+        active = [record for record in claimed if not record.phase.is_terminal]
         outcomes: dict[str, lifecycle.Outcome] = {}
 
         async def work(record: ExecutionRecord) -> None:
@@ -254,7 +264,10 @@ class Reconciler:
                 group.start_soon(work, record)
 
         now = self.clock()
-        updates = [lifecycle.advance(record, outcomes[record.id], now, self._policy) for record in active]
+        updates = [
+            lifecycle.advance(record, _scrub_outcome(outcomes[record.id]), now, self._policy)
+            for record in active
+        ]
         result = await self.store.commit_round(token, updates, now=now)
         if result.lost:
             self._log.warning(
@@ -262,8 +275,12 @@ class Reconciler:
             )
         self._log_transitions(number, updates, result.committed)
 
-        finished = [u.record for u in updates if u.record.id in result.committed and u.record.phase.is_final]
-        finalized = await self._finalize(number, token, finished + awaiting_finalize)
+        ended = [
+            u.record
+            for u in updates
+            if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
+        ]
+        finalized = await self._cleanup(number, token, ended + awaiting_cleanup)
         self._log.debug(
             "round.committed", round=number, claimed=len(claimed), committed=len(result.committed)
         )
@@ -272,7 +289,11 @@ class Reconciler:
     async def _outcome(self, record: ExecutionRecord, number: int) -> lifecycle.Outcome:
         plugin = self.plugins.for_task_type(record.task_type)
         if record.abort_requested:
-            return await self._abort(record, plugin, number)
+            # The plugin's `abort` (when the attempt had started), then `finalize`, run in the clean-up.
+            return lifecycle.AbortRequested(record.abort_reason or "Aborted")
+        lapsed = lifecycle.expired(record, self.clock())
+        if lapsed is not None:
+            return lapsed  # not handled again: its clean-up stops whatever still runs
         if plugin is None:
             return lifecycle.NoPlugin(record.task_type, tuple(self.plugins.task_types))
         tctx = self._context(record, plugin, number)
@@ -302,45 +323,63 @@ class Reconciler:
                 return lifecycle.Rejected(*problem)
         return lifecycle.Handled(returned, tctx.state.change, tctx.output_writer.outputs)
 
-    async def _abort(self, record: ExecutionRecord, plugin: Plugin | None, number: int) -> lifecycle.Outcome:
-        reason = record.abort_reason or "Aborted"
-        if plugin is None or record.rounds == 0:
-            return lifecycle.AbortRequested(reason)  # nothing ever started: nothing to stop
-        tctx = self._context(record, plugin, number)
-        try:
-            with anyio.fail_after(self._handle_timeout):
-                await self._call(plugin, plugin.abort, tctx)
-        except Exception as err:
-            tctx.logger.warning("abort.raised", error=f"{type(err).__name__}: {err}")
-            return lifecycle.AbortRequested(reason, abort_error=f"abort raised {type(err).__name__}: {err}")
-        return lifecycle.AbortRequested(reason)
-
-    async def _finalize(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
+    async def _cleanup(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
+        """For each attempt that ended: the plugin's `abort` when owed, then `finalize`, then release
+        the quota tokens it still holds; record the outcome (which starts the next attempt of a
+        RETRYABLE_FAILURE). A step that raises is retried, with backoff, on a later round."""
         if not records:
             return 0
-        done: list[ExecutionRecord] = []
+        done: list[RecordUpdate] = []
+        completed: set[str] = set()
 
         async def one(record: ExecutionRecord) -> None:
             plugin = self.plugins.for_task_type(record.task_type)
-            succeeded = True
-            if plugin is not None:
-                tctx = self._context(record, plugin, number)
-                try:
-                    async with self._limiter:
-                        with anyio.fail_after(self._handle_timeout):
-                            await self._call(plugin, plugin.finalize, tctx)
-                except Exception as err:
-                    succeeded = False
-                    tctx.logger.warning("finalize.raised", error=f"{type(err).__name__}: {err}")
-            done.append(
-                lifecycle.finalized(record, succeeded=succeeded, now=self.clock(), policy=self._policy)
-            )
+            aborted, error = not record.abort_owed, None
+            async with self._limiter:
+                if plugin is not None:
+                    tctx = self._context(record, plugin, number)
+                    if record.abort_owed:
+                        error = await self._cleanup_step(plugin, plugin.abort, tctx, "abort")
+                        aborted = error is None
+                    if error is None:
+                        error = await self._cleanup_step(plugin, plugin.finalize, tctx, "finalize")
+                if error is None:
+                    released = await self._quotas.release_execution(record.id)
+                    if released:
+                        self._log.info(
+                            "finalize.released_tokens",
+                            execution_id=record.id,
+                            task_type=record.task_type,
+                            attempt=record.attempt,
+                            round=number,
+                            tokens=released,
+                        )
+                    completed.add(record.id)
+            cleanup = lifecycle.Cleanup(aborted=aborted, finalized=error is None, error=error)
+            done.append(lifecycle.cleaned_up(record, cleanup, self.clock(), self._policy))
 
         async with anyio.create_task_group() as group:
             for record in records:
                 group.start_soon(one, record)
-        result = await self.store.record_finalized(token, done)
-        return sum(1 for record in done if record.finalized and record.id in result.committed)
+        result = await self.store.commit_round(token, done, now=self.clock())
+        self._log_transitions(number, done, result.committed)
+        return len(completed & result.committed)
+
+    async def _cleanup_step(
+        self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext, name: str
+    ) -> str | None:
+        """Run `abort` or `finalize`; None when it completed, else why not (secrets scrubbed)."""
+        try:
+            with anyio.fail_after(self._handle_timeout) as deadline:
+                await self._call(plugin, method, tctx)
+        except Exception as err:
+            if isinstance(err, TimeoutError) and deadline.cancel_called:
+                error = f"{name} did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)"
+            else:
+                error = f"{name} raised {type(err).__name__}: {err}"
+            tctx.logger.warning(f"{name}.failed", error=error)
+            return str(REDACTOR.text(error))
+        return None
 
     async def _call(
         self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext
@@ -374,8 +413,10 @@ class Reconciler:
             record,
             properties=plugin.properties,
             max_state_bytes=self.settings.max_plugin_state_bytes,
-            resource_manager=self._resources,
+            resource_manager=self._quotas.for_execution(record.id),
             secret_manager=self._secrets,
+            output_model=self.plugins.resolver.output_model_for(record.task_type),
+            max_payload_bytes=self.settings.max_payload_bytes,
             logger=self._log.bind(
                 execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
             ),
@@ -421,6 +462,39 @@ def _timed_steps(
             to_send, to_throw = (yield yielded), None
         except BaseException as err:  # cancellation and timeouts must reach the plugin's code
             to_send, to_throw = None, err
+
+
+def _scrub_outcome(outcome: lifecycle.Outcome) -> lifecycle.Outcome:
+    """The outcome with every secret a plugin read masked, before it can reach an event or a log."""
+    if not REDACTOR:
+        return outcome
+    match outcome:
+        case lifecycle.Handled(transition):
+            info = transition.phase_info
+            task_info = info.info
+            if task_info is not None:
+                task_info = replace(
+                    task_info,
+                    logs=tuple(
+                        TaskLog(REDACTOR.text(log.name), REDACTOR.text(log.uri)) for log in task_info.logs
+                    ),
+                    external_resources=tuple(REDACTOR.text(r) for r in task_info.external_resources),
+                    custom_info=REDACTOR.scrub(task_info.custom_info),
+                )
+            error = info.error
+            if error is not None:
+                error = replace(error, code=REDACTOR.text(error.code), message=REDACTOR.text(error.message))
+            scrubbed = replace(
+                info,
+                reason=REDACTOR.text(info.reason) if info.reason is not None else None,
+                error=error,
+                info=task_info,
+            )
+            return replace(outcome, transition=replace(transition, phase_info=scrubbed))
+        case lifecycle.SystemFault(_, message) | lifecycle.Rejected(_, message):
+            return replace(outcome, message=REDACTOR.text(message))
+        case _:
+            return outcome
 
 
 def _describe(value: object) -> str:

@@ -4,7 +4,7 @@ random sequences of round outcomes to a freshly submitted record and check every
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import pytest
@@ -26,6 +26,8 @@ from executor.core import (
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate, StateChange
 from executor.lifecycle import (
     AbortRequested,
+    Cleanup,
+    Expired,
     Handled,
     NoPlugin,
     Outcome,
@@ -34,7 +36,10 @@ from executor.lifecycle import (
     SystemFault,
     advance,
     backoff_delay,
+    cleaned_up,
+    expired,
     finalized,
+    policy_for,
 )
 
 T0 = 1_700_000_000.0
@@ -175,46 +180,79 @@ def test_unknown_transition_keeps_everything_and_requeues_after_default() -> Non
     assert asked.record.next_round_at == T0 + 42
 
 
-def test_user_retryable_failure_with_attempts_left_starts_next_attempt_clean() -> None:
+def test_user_retryable_failure_ends_the_attempt_and_owes_its_cleanup_first() -> None:
     record = advance(
         submitted(max_attempts=3),
-        handled(PhaseInfo.running(3), state=StateChange('{"x": 1}', 2)),
+        handled(PhaseInfo.running(3), state=StateChange('{"x": 1}', 2), outputs={"partial": 1}),
         T0,
         POLICY,
     ).record
     record = replace(record, system_failures=1)
+    info = TaskInfo(custom_info={"job": "j-1"})
     update = advance(
-        record, handled(PhaseInfo.retryable_failure("Flaky", "try again"), requeue_after=0), T0 + 5, POLICY
+        record,
+        handled(PhaseInfo.retryable_failure("Flaky", "try again", info), requeue_after=0),
+        T0 + 5,
+        POLICY,
     )
-    new = update.record
-    assert new.attempt == 2
-    assert new.phase is Phase.QUEUED
-    assert new.phase_version == 0
-    assert new.reason is not None and "Flaky" in new.reason
-    assert new.plugin_state is None
-    assert new.plugin_state_version == 0
-    assert update.state_changed
-    assert new.system_failures == 0
-    assert new.attempt_started_at is None
-    assert new.finished_at is None
-    delay = new.next_round_at - (T0 + 5)
-    assert POLICY.backoff_base - EPS <= delay <= POLICY.backoff_max + EPS
-    ended, queued = update.events
+    ended = update.record
+    # The failed attempt stays, with its state, until `abort` then `finalize` have run for it.
     assert (ended.attempt, ended.phase, ended.reason) == (1, Phase.RETRYABLE_FAILURE, "Flaky")
-    assert ended.error == ExecutionError("Flaky", "try again", ErrorKind.USER)
-    assert (queued.attempt, queued.phase, queued.phase_version) == (2, Phase.QUEUED, 0)
-    assert [ended.seq, queued.seq] == [record.event_seq + 1, record.event_seq + 2]
-    assert new.event_seq == record.event_seq + 2
+    assert ended.abort_owed and not ended.finalized
+    assert ended.next_round_at == T0 + 5  # the clean-up is due at once
+    assert ended.finished_at is None
+    assert (ended.plugin_state, ended.plugin_state_version) == ('{"x": 1}', 2)
+    [event] = update.events
+    assert (event.attempt, event.phase, event.reason) == (1, Phase.RETRYABLE_FAILURE, "Flaky")
+    assert event.error == ExecutionError("Flaky", "try again", ErrorKind.USER)
+    assert event.info == info.to_dict()  # the TaskInfo of the failure reaches its event
+
+    # The clean-up starts the next attempt: clean state and outputs, QUEUED, after a backoff.
+    restarted = cleaned_up(ended, Cleanup(aborted=True, finalized=True), T0 + 6, POLICY)
+    new = restarted.record
+    assert (new.attempt, new.phase, new.phase_version) == (2, Phase.QUEUED, 0)
+    assert new.reason == "Retrying after Flaky"
+    assert (new.plugin_state, new.plugin_state_version, new.outputs) == (None, 0, None)
+    assert restarted.state_changed and restarted.outputs_changed
+    assert (new.system_failures, new.finalize_failures, new.abort_owed, new.finalized) == (0, 0, False, False)
+    assert new.attempt_started_at is None
+    delay = new.next_round_at - (T0 + 6)
+    assert POLICY.backoff_base - EPS <= delay <= POLICY.backoff_max + EPS
+    [queued] = restarted.events
+    assert (queued.attempt, queued.phase, queued.seq) == (2, Phase.QUEUED, ended.event_seq + 1)
     # The next attempt's first round stamps a new attempt start.
     again = advance(new, handled(PhaseInfo.running(0)), T0 + 100, POLICY)
     assert again.record.attempt_started_at == T0 + 100
 
 
+def test_a_cleanup_that_fails_is_retried_and_the_next_attempt_waits_for_it() -> None:
+    ended = advance(
+        submitted(max_attempts=2), handled(PhaseInfo.retryable_failure("Flaky", "x")), T0, POLICY
+    ).record
+    abort_failed = cleaned_up(ended, Cleanup(False, False, "abort raised E: no"), T0 + 1, POLICY).record
+    assert (abort_failed.attempt, abort_failed.phase) == (1, Phase.RETRYABLE_FAILURE)
+    assert abort_failed.abort_owed and abort_failed.finalize_failures == 1
+    assert abort_failed.finalize_error == "abort raised E: no"
+    assert abort_failed.system_failures == 0  # finalize has a budget of its own
+    assert abort_failed.next_round_at - (T0 + 1) >= POLICY.backoff_base - EPS
+    finalize_failed = cleaned_up(abort_failed, Cleanup(True, False, "finalize raised"), T0 + 9, POLICY).record
+    assert not finalize_failed.abort_owed  # abort ran; only finalize is retried
+    assert finalize_failed.finalize_failures == 2
+    done = cleaned_up(finalize_failed, Cleanup(True, True), T0 + 20, POLICY).record
+    assert (done.attempt, done.phase, done.finalize_failures, done.finalize_error) == (
+        2,
+        Phase.QUEUED,
+        0,
+        None,
+    )
+
+
 def test_user_retryable_failure_without_attempts_left_is_max_retries_exceeded() -> None:
     record = submitted(max_attempts=2)
     first = advance(record, handled(PhaseInfo.retryable_failure("Flaky", "one")), T0, POLICY).record
-    assert first.attempt == 2
-    update = advance(first, handled(PhaseInfo.retryable_failure("Flakier", "two")), T0 + 1, POLICY)
+    second = cleaned_up(first, Cleanup(True, True), T0, POLICY).record
+    assert second.attempt == 2
+    update = advance(second, handled(PhaseInfo.retryable_failure("Flakier", "two")), T0 + 1, POLICY)
     new = update.record
     assert new.attempt == 2
     assert new.phase is Phase.PERMANENT_FAILURE
@@ -223,15 +261,78 @@ def test_user_retryable_failure_without_attempts_left_is_max_retries_exceeded() 
     assert new.error.code == "MaxRetriesExceeded"
     assert "Flakier" in new.error.message and "two" in new.error.message
     assert new.finished_at == T0 + 1
+    assert new.abort_owed and not new.finalized
 
 
 def test_retryable_failure_without_error_is_retried_as_a_user_failure() -> None:
     bare = PhaseInfo(Phase.RETRYABLE_FAILURE, reason="Odd")
     update = advance(submitted(max_attempts=2), handled(bare), T0, POLICY)
-    assert update.record.attempt == 2
-    assert update.record.phase is Phase.QUEUED
+    assert update.record.phase is Phase.RETRYABLE_FAILURE
     assert update.events[0].error is not None
     assert update.events[0].error.kind is ErrorKind.UNKNOWN
+    assert cleaned_up(update.record, Cleanup(True, True), T0, POLICY).record.attempt == 2
+
+
+def test_timeout_is_a_retryable_user_failure_and_the_deadline_a_permanent_one() -> None:
+    record = replace(submitted(max_attempts=2), timeout=10.0, deadline_at=T0 + 100)
+    assert expired(record, T0 + 1000 - 1e-9) is not None  # the deadline, even before a first round
+    running = advance(record, handled(PhaseInfo.running(0), requeue_after=3600), T0 + 1, POLICY).record
+    # The next round comes no later than the timeout, whatever the plugin asked for.
+    assert running.next_round_at == T0 + 11
+    assert expired(running, T0 + 10.9) is None
+    lapsed = expired(running, T0 + 11)
+    assert lapsed is not None and lapsed.code == "TimeoutExpired"
+    timed_out = advance(running, lapsed, T0 + 11, POLICY).record
+    assert (timed_out.phase, timed_out.reason, timed_out.abort_owed) == (
+        Phase.RETRYABLE_FAILURE,
+        "TimeoutExpired",
+        True,
+    )
+    assert timed_out.error is not None and timed_out.error.kind is ErrorKind.USER
+    second = cleaned_up(timed_out, Cleanup(True, True), T0 + 12, POLICY).record
+    assert second.attempt == 2 and second.next_round_at <= T0 + 100
+    late = expired(second, T0 + 100)
+    assert late is not None and late.code == "DeadlineExceeded"
+    # Attempt 2 never started: nothing to abort, but finalize is still owed.
+    final = advance(second, late, T0 + 100, POLICY).record
+    assert (final.phase, final.reason, final.abort_owed, final.finalized) == (
+        Phase.PERMANENT_FAILURE,
+        "DeadlineExceeded",
+        False,
+        False,
+    )
+
+
+def test_a_submission_backoff_overrides_the_policy() -> None:
+    record = replace(submitted(max_attempts=2), backoff_base=500.0, backoff_max=600.0)
+    ended = advance(record, handled(PhaseInfo.retryable_failure("Flaky", "x")), T0, POLICY).record
+    new = cleaned_up(ended, Cleanup(True, True), T0, POLICY).record
+    assert 500.0 <= new.next_round_at - T0 <= 600.0
+
+
+def test_cleanup_on_failure_asks_for_abort_and_a_plain_failure_does_not() -> None:
+    plain = advance(submitted(), handled(PhaseInfo.failure("Bad", "x")), T0, POLICY).record
+    assert not plain.abort_owed
+    cleanup = advance(
+        submitted(), handled(PhaseInfo.failure("Bad", "x", cleanup_on_failure=True)), T0, POLICY
+    ).record
+    assert cleanup.abort_owed
+    assert not advance(submitted(), handled(PhaseInfo.success()), T0, POLICY).record.abort_owed
+
+
+def test_an_abort_requested_during_the_cleanup_of_a_retry_ends_aborted() -> None:
+    ended = advance(
+        submitted(max_attempts=3), handled(PhaseInfo.retryable_failure("Flaky", "x")), T0, POLICY
+    ).record
+    asked = replace(ended, abort_requested=True, abort_reason="stop")
+    update = cleaned_up(asked, Cleanup(True, True), T0 + 1, POLICY)
+    assert (update.record.phase, update.record.reason, update.record.finalized) == (
+        Phase.ABORTED,
+        "stop",
+        True,
+    )
+    assert update.record.attempt == 1
+    assert [e.phase for e in update.events] == [Phase.ABORTED]
 
 
 def test_system_retryable_failure_spends_system_budget_not_attempts() -> None:
@@ -307,11 +408,14 @@ def test_too_many_phase_versions() -> None:
     assert update.state_changed
 
 
-def test_abort_ends_aborted_and_records_a_failed_abort() -> None:
+def test_abort_ends_aborted_and_owes_abort_only_when_the_attempt_had_started() -> None:
+    never_ran = advance(submitted(), AbortRequested("user asked"), T0, POLICY).record
+    assert (never_ran.phase, never_ran.abort_owed) == (Phase.ABORTED, False)
     running = advance(submitted(), handled(PhaseInfo.running(0)), T0, POLICY).record
     clean = advance(running, AbortRequested("user asked"), T0 + 1, POLICY).record
     assert (clean.phase, clean.reason, clean.error) == (Phase.ABORTED, "user asked", None)
     assert clean.finished_at == T0 + 1
+    assert clean.abort_owed
     failed = advance(running, AbortRequested("user asked", abort_error="abort raised X"), T0 + 1, POLICY)
     assert failed.record.phase is Phase.ABORTED
     assert failed.record.error == ExecutionError("AbortFailed", "abort raised X", ErrorKind.SYSTEM)
@@ -325,7 +429,8 @@ def test_finalized_marks_done_or_backs_off() -> None:
     retry = finalized(done, succeeded=False, now=T0 + 1, policy=POLICY)
     assert not retry.finalized
     assert retry.phase is Phase.SUCCESS
-    assert retry.system_failures == done.system_failures + 1
+    assert retry.finalize_failures == done.finalize_failures + 1
+    assert retry.system_failures == done.system_failures
     delay = retry.next_round_at - (T0 + 1)
     assert POLICY.backoff_base - EPS <= delay <= POLICY.backoff_max + EPS
 
@@ -448,19 +553,57 @@ policies = st.builds(
 clock_jumps = st.floats(min_value=-5, max_value=1e6)
 
 
-def _delay(update: RecordUpdate, now: float) -> float:
-    return update.record.next_round_at - now
+@dataclass(frozen=True)
+class AbortRequest:
+    """Someone runs `executor abort` between rounds (what `store.request_abort` writes)."""
+
+    reason: str
 
 
-def _assert_backoff(update: RecordUpdate, now: float, policy: Policy) -> None:
-    delay = _delay(update, now)
+@dataclass(frozen=True)
+class CleanupRun:
+    """The loop runs the clean-up of an ended attempt; `abort_ok`/`finalize_ok`: did they succeed."""
+
+    abort_ok: bool
+    finalize_ok: bool
+
+
+# One step of the world: what happens next, and how much time passed before it.
+steps_strategy = st.lists(
+    st.tuples(
+        st.one_of(
+            outcomes,
+            outcomes,
+            st.builds(AbortRequest, st.sampled_from(["user", "ops"])),
+        ),
+        clock_jumps | st.floats(min_value=0, max_value=30),
+        st.builds(CleanupRun, st.booleans(), st.booleans() | st.just(True)),
+    ),
+    max_size=40,
+)
+limits = st.tuples(
+    st.none() | st.floats(min_value=0.5, max_value=1e5),  # timeout
+    st.none() | st.floats(min_value=1, max_value=1e6),  # deadline, from submission
+    st.none() | st.floats(min_value=0, max_value=50),  # backoff base override
+)
+
+
+def _limits_of(record: ExecutionRecord) -> list[float]:
+    ends = [record.deadline_at]
+    if record.timeout is not None and record.attempt_started_at is not None:
+        ends.append(record.attempt_started_at + record.timeout)
+    return [end for end in ends if end is not None]
+
+
+def _assert_backoff(record: ExecutionRecord, now: float, policy: Policy) -> None:
+    """At least the base (and at most the maximum) after a failure, unless the round was brought
+    forward to a timeout or the deadline, where the attempt is ended rather than handled again."""
+    policy = policy_for(record, policy)
+    delay = record.next_round_at - now
+    if any(abs(record.next_round_at - end) < 1e-6 for end in _limits_of(record)):
+        assert delay <= policy.backoff_max + 1e-3
+        return
     assert policy.backoff_base - 1e-3 <= delay <= policy.backoff_max + 1e-3, delay
-
-
-def _assert_finished(update: RecordUpdate, now: float) -> None:
-    assert update.record.phase.is_final
-    assert update.record.finished_at == now
-    assert update.record.next_round_at == now
 
 
 def _check_step(
@@ -472,17 +615,17 @@ def _check_step(
     assert new.id == prev.id and new.task_type == prev.task_type and new.inputs == prev.inputs
     assert new.rounds == prev.rounds + 1
     assert new.updated_at == now
+    assert new.attempt == prev.attempt, "only a completed clean-up starts another attempt"
     assert 1 <= new.attempt <= new.max_attempts == prev.max_attempts
-    assert new.attempt in (prev.attempt, prev.attempt + 1)
     assert 0 <= new.system_failures <= policy.max_system_failures
-    assert new.phase not in (Phase.UNDEFINED, Phase.RETRYABLE_FAILURE), "never stored"
+    assert new.phase is not Phase.UNDEFINED
     assert not new.finalized
-    assert new.attempt_started_at == (
-        None if new.attempt != prev.attempt else (prev.attempt_started_at or now)
-    )
-    # Events: numbered on from the record's count, stamped now, the last one matching the record.
+    assert new.attempt_started_at == (prev.attempt_started_at or now)
+    # Events: numbered on from the record's count, stamped now, the last one matching the record;
+    # one exactly when what events record changed.
     assert [e.seq for e in update.events] == list(range(prev.event_seq + 1, new.event_seq + 1))
     assert all(e.execution_id == prev.id and e.occurred_at == now for e in update.events)
+    assert len(update.events) == (1 if visible(new) != visible(prev) else 0)
     if update.events:
         last = update.events[-1]
         assert (last.attempt, last.phase, last.phase_version, last.reason, last.info, last.error) == (
@@ -493,19 +636,15 @@ def _check_step(
             new.info,
             new.error,
         )
-    if new.attempt == prev.attempt:
-        # One move: an event exactly when what events record changed.
-        assert len(update.events) == (1 if visible(new) != visible(prev) else 0)
-    if new.phase.is_final:
-        _assert_finished(update, now)
+    if new.phase.is_terminal:
+        assert new.next_round_at == now, "an ended attempt's clean-up is due at once"
+        assert new.finished_at == (now if new.phase.is_final else None)
+        assert new.finalize_failures == 0
     else:
         assert new.finished_at is None
+        assert not new.abort_owed
     # Plugin state and outputs.
-    retried = new.attempt == prev.attempt + 1
-    if retried:
-        assert (new.plugin_state, new.plugin_state_version) == (None, 0)
-        assert update.state_changed
-    elif isinstance(outcome, Handled) and outcome.state is not None:
+    if isinstance(outcome, Handled) and outcome.state is not None:
         assert (new.plugin_state, new.plugin_state_version) == (outcome.state.data, outcome.state.version)
         assert update.state_changed
     else:
@@ -522,13 +661,24 @@ def _check_step(
         case Rejected(code, message):
             assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, code)
             assert new.error == ExecutionError(code, message, ErrorKind.SYSTEM)
+            assert new.abort_owed
         case NoPlugin(task_type, known):
             assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, "UnknownTaskType")
             assert new.error is not None and repr(task_type) in new.error.message
             assert all(k in new.error.message for k in known)
+            assert not new.abort_owed  # no plugin to call
         case AbortRequested(reason, abort_error):
             assert (new.phase, new.reason) == (Phase.ABORTED, reason)
             assert (new.error is None) == (abort_error is None)
+            assert new.abort_owed == (abort_error is None and prev.attempt_started_at is not None)
+        case Expired(code):
+            if code == "DeadlineExceeded":
+                assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, code)
+            elif prev.attempt < prev.max_attempts:
+                assert (new.phase, new.reason) == (Phase.RETRYABLE_FAILURE, code)
+            else:
+                assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, "MaxRetriesExceeded")
+            assert new.abort_owed == (prev.attempt_started_at is not None)
         case Handled(transition):
             _check_handled(prev, transition, now, policy, update)
 
@@ -537,16 +687,16 @@ def _check_system_fault(
     prev: ExecutionRecord, code: str, message: str, now: float, policy: Policy, update: RecordUpdate
 ) -> None:
     new = update.record
-    assert new.attempt == prev.attempt
     if prev.system_failures + 1 >= policy.max_system_failures:
         assert new.system_failures == policy.max_system_failures
         assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, "MaxSystemFailuresExceeded")
         assert new.error is not None and code in new.error.message and message in new.error.message
+        assert new.abort_owed
     else:
         assert new.system_failures == prev.system_failures + 1
         assert (new.phase, new.phase_version, new.reason) == (prev.phase, prev.phase_version, code)
         assert new.error is not None and (new.error.code, new.error.kind) == (code, ErrorKind.SYSTEM)
-        _assert_backoff(update, now, policy)
+        _assert_backoff(new, now, policy)
 
 
 def _check_handled(
@@ -558,11 +708,14 @@ def _check_handled(
         if transition.requeue_after is not None
         else policy.default_requeue
     )
+    if info.phase is Phase.WAITING_FOR_RESOURCES:
+        requeue = max(requeue, policy.default_requeue)
+    expected_next = min([now + requeue, *_limits_of(new)])
     if info.phase is Phase.UNDEFINED:
         assert update.events == ()
         assert visible(new) == visible(prev) and new.error == prev.error
         assert new.system_failures == prev.system_failures
-        assert new.next_round_at == now + requeue
+        assert new.next_round_at == expected_next
     elif info.version > policy.max_phase_versions:
         assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, "TooManyPhaseVersions")
     elif info.phase is Phase.RETRYABLE_FAILURE:
@@ -570,16 +723,10 @@ def _check_handled(
         if error is not None and error.kind is ErrorKind.SYSTEM:
             _check_system_fault(prev, error.code, error.message, now, policy, update)
         elif prev.attempt < prev.max_attempts:
-            assert new.attempt == prev.attempt + 1
-            assert (new.phase, new.phase_version) == (Phase.QUEUED, 0)
-            assert new.system_failures == 0
-            assert [(e.attempt, e.phase) for e in update.events] == [
-                (prev.attempt, Phase.RETRYABLE_FAILURE),
-                (prev.attempt + 1, Phase.QUEUED),
-            ]
-            _assert_backoff(update, now, policy)
+            assert (new.phase, new.attempt, new.abort_owed) == (Phase.RETRYABLE_FAILURE, prev.attempt, True)
+            assert [(e.attempt, e.phase) for e in update.events] == [(prev.attempt, Phase.RETRYABLE_FAILURE)]
+            assert update.events[0].info == (info.info.to_dict() if info.info is not None else None)
         else:
-            assert new.attempt == prev.attempt
             assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, "MaxRetriesExceeded")
             assert new.error is not None
             if error is not None:
@@ -590,54 +737,117 @@ def _check_handled(
         assert new.info == (info.info.to_dict() if info.info is not None else None)
         assert new.system_failures == prev.system_failures  # a good round resets nothing
         if not info.phase.is_final:
-            assert new.next_round_at == now + requeue
-            assert new.next_round_at >= now
+            assert new.next_round_at == expected_next
+
+
+def _check_cleanup(
+    prev: ExecutionRecord, run: CleanupRun, now: float, policy: Policy, update: RecordUpdate
+) -> None:
+    new = update.record
+    completed = (run.abort_ok or not prev.abort_owed) and run.finalize_ok
+    assert new.abort_owed == (prev.abort_owed and not run.abort_ok)
+    if not completed:
+        assert (new.phase, new.attempt, new.finalized) == (prev.phase, prev.attempt, False)
+        assert new.finalize_failures == prev.finalize_failures + 1
+        assert new.system_failures == prev.system_failures, "finalize has a counter of its own"
+        assert update.events == ()
+        _assert_backoff(new, now, policy)
+    elif prev.phase.is_final:
+        assert new.finalized and new.phase is prev.phase and update.events == ()
+    elif new.attempt == prev.attempt + 1:
+        assert (new.phase, new.phase_version, new.finalized, new.abort_owed) == (
+            Phase.QUEUED,
+            0,
+            False,
+            False,
+        )
+        assert (new.plugin_state, new.outputs, new.system_failures) == (None, None, 0)
+        assert update.state_changed and update.outputs_changed
+        _assert_backoff(new, now, policy)
+    else:  # aborted meanwhile, or past the deadline: the execution ends here, already cleaned up
+        assert new.phase in (Phase.ABORTED, Phase.PERMANENT_FAILURE) and new.finalized
+        assert new.attempt == prev.attempt
 
 
 @given(
     execution_id=st.text(min_size=1, max_size=8),
     max_attempts=st.integers(1, 4),
     policy=policies,
-    steps=st.lists(st.tuples(outcomes, clock_jumps), max_size=40),
-    finalize_ok=st.booleans(),
+    limit=limits,
+    steps=steps_strategy,
 )
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_rounds_keep_every_invariant(
     execution_id: str,
     max_attempts: int,
     policy: Policy,
-    steps: list[tuple[Outcome, float]],
-    finalize_ok: bool,
+    limit: tuple[float | None, float | None, float | None],
+    steps: list[tuple[Outcome | AbortRequest, float, CleanupRun]],
 ) -> None:
-    record = submitted(execution_id, max_attempts=max_attempts)
+    """Drive one execution the way the loop does, through random rounds, clean-ups (that may fail),
+    abort requests and clock jumps, and check the lifecycle's invariants at every step."""
+    timeout, deadline, base = limit
+    record = replace(
+        submitted(execution_id, max_attempts=max_attempts),
+        timeout=timeout,
+        deadline_at=T0 + deadline if deadline is not None else None,
+        backoff_base=base,
+    )
     now = T0
     last_key: tuple[object, ...] = (1, Phase.QUEUED, 0, "Submitted", None)
     seqs = [1]
-    for outcome, jump in steps:
-        now += jump
-        update = advance(record, outcome, now, policy)
-        assert update == advance(record, outcome, now, policy), "advance must be deterministic"
-        _check_step(record, outcome, now, policy, update)
+    ended_attempts: list[int] = []  # each attempt that reached a terminal phase, in order
+    cleanups: dict[int, int] = {}  # attempt -> clean-ups that completed (finalize ran to the end)
+    for happening, jump, cleanup_run in steps:
+        now = max(now + jump, T0)
+        if record.finalized:
+            break  # out of the claimable set: nothing happens to it any more
+        if isinstance(happening, AbortRequest):
+            if not record.phase.is_final:
+                record = replace(record, abort_requested=True, abort_reason=happening.reason)
+            continue
+        if record.phase.is_terminal:
+            cleanup = Cleanup(
+                aborted=cleanup_run.abort_ok or not record.abort_owed,
+                finalized=(cleanup_run.abort_ok or not record.abort_owed) and cleanup_run.finalize_ok,
+                error=None if cleanup_run.finalize_ok else "finalize raised",
+            )
+            update = cleaned_up(record, cleanup, now, policy)
+            assert update == cleaned_up(record, cleanup, now, policy), "clean-up must be deterministic"
+            _check_cleanup(record, cleanup_run, now, policy, update)
+            if update.record.finalized or update.record.attempt == record.attempt + 1:
+                cleanups[record.attempt] = cleanups.get(record.attempt, 0) + 1
+            if update.record.attempt == record.attempt + 1:
+                assert cleanups.get(record.attempt) == 1, "a new attempt only after the old one's finalize"
+        else:
+            # What the loop does with a claimed execution: an abort request first, then expiry.
+            outcome: Outcome
+            if record.abort_requested:
+                outcome = AbortRequested(record.abort_reason or "Aborted")
+            else:
+                outcome = expired(record, now) or happening
+            update = advance(record, outcome, now, policy)
+            assert update == advance(record, outcome, now, policy), "advance must be deterministic"
+            _check_step(record, outcome, now, policy, update)
+            if update.record.phase.is_terminal:
+                ended_attempts.append(update.record.attempt)
         for event in update.events:
             assert event_key(event) != last_key, "duplicate consecutive event"
             last_key = event_key(event)
             seqs.append(event.seq)
-        record = update.record
         if record.phase.is_final:
-            break
-    assert seqs == list(range(1, len(seqs) + 1))
+            assert update.record.phase is record.phase, "a final phase is final"
+        record = update.record
+        assert 1 <= record.attempt <= max_attempts, "attempts never exceed the budget"
+        assert record.system_failures <= policy.max_system_failures, "the system-failure cap holds"
+    assert seqs == list(range(1, len(seqs) + 1)), "events are numbered without gaps or repeats"
     assert record.event_seq == seqs[-1]
-    if record.phase.is_final:
-        now += 1
-        after = finalized(record, succeeded=finalize_ok, now=now, policy=policy)
-        assert after.phase is record.phase and after.phase.is_final
-        assert after.event_seq == record.event_seq
-        assert after.finalized is finalize_ok
-        if finalize_ok:
-            assert after.next_round_at == record.next_round_at
-        else:
-            assert after.system_failures == record.system_failures + 1
-            assert policy.backoff_base - 1e-3 <= after.next_round_at - now <= policy.backoff_max + 1e-3
+    # Finalize is owed exactly once per terminal attempt: never twice, and once done, nothing more.
+    assert all(count == 1 for count in cleanups.values())
+    assert set(cleanups) <= set(ended_attempts)
+    assert len(ended_attempts) == len(set(ended_attempts)), "an attempt ends once"
+    if record.finalized:
+        assert record.phase.is_final and set(cleanups) == set(ended_attempts)
 
 
 @given(steps=st.lists(st.tuples(outcomes, clock_jumps), min_size=1, max_size=15), policy=policies)
@@ -652,7 +862,11 @@ def test_advance_depends_only_on_its_arguments(steps: list[tuple[Outcome, float]
             update = advance(record, outcome, now, policy)
             updates.append(update)
             record = update.record
-            if record.phase.is_final:
+            if record.phase.is_terminal:
+                update = cleaned_up(record, Cleanup(True, True), now, policy)
+                updates.append(update)
+                record = update.record
+            if record.finalized:
                 break
         return updates
 

@@ -30,7 +30,7 @@ from executor.store.tables import metadata
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"executions", "events", "replicas"}
+TABLES = {"executions", "events", "replicas", "resource_quotas", "resource_allocations"}
 
 
 def _pg_admin(statement: str) -> None:

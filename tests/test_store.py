@@ -389,11 +389,15 @@ async def test_a_failed_finalize_releases_the_lease_and_retries_later(store: Sto
     update = moved(record, Phase.SUCCESS, T0 + 1)
     await store.commit_round("t1", [update], now=T0 + 1)
 
-    retry = replace(update.record, system_failures=1, next_round_at=T0 + 10, updated_at=T0 + 2)
+    retry = replace(
+        update.record, finalize_failures=1, finalize_error="boom", next_round_at=T0 + 10, updated_at=T0 + 2
+    )
     await store.record_finalized("t1", [retry])
 
     stored = await must_get(store, execution_id)
-    assert not stored.finalized and stored.system_failures == 1 and stored.next_round_at == T0 + 10
+    assert not stored.finalized and stored.next_round_at == T0 + 10
+    # Finalize keeps a count of its own: the attempt's system-failure budget is untouched.
+    assert (stored.finalize_failures, stored.finalize_error, stored.system_failures) == (1, "boom", 0)
     assert stored.lease_token is None
     assert await store.next_due_at() == T0 + 10
     assert await claim(store, "t2", T0 + 9) == []

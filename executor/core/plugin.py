@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from executor.core.exec_context import Logger, TaskExecutionContext
 from executor.core.transition import Transition
 
@@ -73,3 +75,8 @@ class PluginEntry:
     is_default: bool = False
     #: Task types this plugin should handle even when another plugin registers them too.
     default_for_task_types: Sequence[str] = ()
+    #: A pydantic model the inputs must fit: `submit` refuses others, with the field errors, before
+    #: anything is stored (and stores the validated inputs, defaults filled in, as JSON).
+    input_model: type[BaseModel] | None = None
+    #: A pydantic model the outputs must fit: outputs that do not fail the execution `InvalidOutputs`.
+    output_model: type[BaseModel] | None = None

@@ -42,7 +42,23 @@ class ExecutionRecord:
     finished_at: float | None = None
     abort_requested: bool = False
     abort_reason: str | None = None
+    #: True once the attempt is terminal and `finalize` has run for it. For a final phase this means
+    #: the row is done; a RETRYABLE_FAILURE stays (with its plugin state, for `abort` and `finalize`)
+    #: until its clean-up has run, and only then does the next attempt start.
     finalized: bool = False
+    #: The plugin's `abort` must run before `finalize` for the current (terminal) attempt.
+    abort_owed: bool = False
+    #: Failed clean-ups (`abort` or `finalize` raising) of the current attempt, and the last error.
+    finalize_failures: int = 0
+    finalize_error: str | None = None
+    #: Seconds an attempt may run from its first round (None: no limit).
+    timeout: float | None = None
+    #: When the whole execution must be over, seconds since the epoch (None: no deadline).
+    deadline_at: float | None = None
+    #: Per-submission overrides of the retry backoff (None: the daemon's settings).
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    idempotency_key: str | None = None
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None

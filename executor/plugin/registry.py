@@ -11,7 +11,9 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
 
 from executor.core import Plugin, PluginEntry, SetupContext
 
@@ -92,16 +94,31 @@ class PluginRegistry:
             raise PluginRegistryError(
                 f"plugins {' and '.join(repr(d) for d in defaults)} both say is_default; at most one may"
             )
-        return TaskTypeResolver(mapping, defaults[0] if defaults else None)
+        models = {
+            plugin_id: (registered.entry.input_model, registered.entry.output_model)
+            for plugin_id, registered in self._registered.items()
+            if registered.entry.input_model is not None or registered.entry.output_model is not None
+        }
+        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskTypeResolver:
     by_task_type: Mapping[str, str]
     default_plugin_id: str | None
+    #: Plugin id -> (input model, output model), for plugins that declare either.
+    models: Mapping[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = field(default_factory=dict)
 
     def plugin_id_for(self, task_type: str) -> str | None:
         return self.by_task_type.get(task_type, self.default_plugin_id)
+
+    def input_model_for(self, task_type: str) -> type[BaseModel] | None:
+        plugin_id = self.plugin_id_for(task_type)
+        return self.models.get(plugin_id, (None, None))[0] if plugin_id is not None else None
+
+    def output_model_for(self, task_type: str) -> type[BaseModel] | None:
+        plugin_id = self.plugin_id_for(task_type)
+        return self.models.get(plugin_id, (None, None))[1] if plugin_id is not None else None
 
     @property
     def task_types(self) -> list[str]:

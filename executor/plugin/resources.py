@@ -1,7 +1,9 @@
 """Quotas plugins register at setup and allocate per execution.
 
-This first version keeps the quotas in the daemon's memory, so a quota holds within one replica.
-(Quotas held across replicas belong in the store; see the lifecycle issue.)
+The daemon hands this registrar to `load_plugin`; what plugins register here (with the overrides
+of EXECUTOR_RESOURCE_QUOTAS applied) is then written to the store, where allocations are kept
+across every replica (`executor.store.quotas`). Used on its own, it is also an in-memory manager
+holding quotas within one process, for tests and tools that have no store.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class InProcessResourceManager:
         self._quotas: dict[str, int] = {}
         self._overrides = dict(overrides or {})
         self._holders: dict[str, set[str]] = {}
+
+    @property
+    def quotas(self) -> dict[str, int]:
+        """Every namespace's quota: registered ones (overridden), and ones only the settings name."""
+        return {**self._overrides, **self._quotas}
 
     def register_resource_quota(self, namespace: str, quota: int) -> None:
         if quota < 1:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from executor.core import (
     Logger,
@@ -35,35 +37,78 @@ class InputReader:
 
 
 class OutputWriter:
-    """Captures outputs; checks now that they will serialise, so the commit cannot fail on them."""
+    """Captures outputs; checks now that they fit the plugin's output model, serialise, and stay
+    under EXECUTOR_MAX_PAYLOAD_BYTES, so the commit cannot fail on them."""
 
-    __slots__ = ("outputs", "problem")
+    __slots__ = ("_max_bytes", "_model", "outputs", "problem")
 
-    def __init__(self) -> None:
+    def __init__(self, model: type[BaseModel] | None = None, max_bytes: int | None = None) -> None:
         self.outputs: dict[str, Any] | None = None
         self.problem: tuple[str, str] | None = None
+        self._model = model
+        self._max_bytes = max_bytes
 
-    async def put(self, outputs: Mapping[str, Any]) -> None:
+    async def put(self, outputs: Mapping[str, Any] | BaseModel) -> None:
+        if isinstance(outputs, BaseModel):
+            outputs = outputs.model_dump(mode="json")
         if not isinstance(outputs, Mapping):
             self.problem = ("InvalidOutputs", f"outputs must be a mapping, not {type(outputs).__name__}")
             return
+        if self._model is not None:
+            try:
+                outputs = self._model.model_validate(dict(outputs)).model_dump(mode="json")
+            except ValidationError as err:
+                self.problem = (
+                    "InvalidOutputs",
+                    f"outputs do not fit {self._model.__name__}: {field_errors(err)}",
+                )
+                return
         try:
-            json.dumps(outputs, allow_nan=False)
+            text = json.dumps(outputs, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as err:
             self.problem = ("OutputsUnserialisable", f"outputs cannot be serialised to JSON: {err}")
             return
+        size = len(text.encode())
+        if self._max_bytes is not None and size > self._max_bytes:
+            self.problem = (
+                "OutputsTooLarge",
+                f"outputs are {size} bytes as JSON, over the limit of {self._max_bytes} bytes "
+                "(EXECUTOR_MAX_PAYLOAD_BYTES)",
+            )
+            return
+        self.problem = None
         self.outputs = dict(outputs)
+
+
+def field_errors(err: ValidationError) -> str:
+    """Pydantic's errors as one line: `field.path: message; ...` (never the offending values)."""
+    parts = []
+    for error in err.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(root)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
 
 
 class SecretManager:
     """Secrets from environment variables (`<prefix><KEY>`) and from files in a directory named
-    after the key (the Kubernetes and Docker secrets convention). Values never appear in errors."""
+    after the key (the Kubernetes and Docker secrets convention). Values never appear in errors;
+    each value handed out is also passed to `on_read`, so that the daemon can scrub it from
+    whatever a plugin logs, raises or reports (see `executor.redaction`)."""
 
-    def __init__(self, env_prefix: str, directory: Path | None) -> None:
+    def __init__(
+        self, env_prefix: str, directory: Path | None, on_read: Callable[[str], None] | None = None
+    ) -> None:
         self._env_prefix = env_prefix
         self._directory = directory
+        self._on_read = on_read
 
     def get(self, key: str) -> str:
+        value = self._lookup(key)
+        if self._on_read is not None:
+            self._on_read(value)
+        return value
+
+    def _lookup(self, key: str) -> str:
         value = os.environ.get(self._env_prefix + key.upper())
         if value is not None:
             return value
@@ -102,6 +147,8 @@ class TaskExecContext:
         resource_manager: ResourceManager,
         secret_manager: SecretManager,
         logger: Logger,
+        output_model: type[BaseModel] | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
         generated_name = f"{record.id}-{record.attempt}"
         if properties.generated_name_max_length is not None:
@@ -115,7 +162,7 @@ class TaskExecContext:
             generated_name=generated_name,
         )
         self.input_reader = InputReader(record.inputs)
-        self.output_writer = OutputWriter()
+        self.output_writer = OutputWriter(output_model, max_payload_bytes)
         self.state = PluginStateManager(record.plugin_state, record.plugin_state_version, max_state_bytes)
         self.plugin_state_reader = self.state
         self.plugin_state_writer = self.state

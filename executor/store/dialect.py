@@ -26,20 +26,21 @@ class Dialect:
     claim_sql_pinned: str = ""
 
 
-def claim_statement(claimable: str, lock: str, lease_now: str) -> str:
+def claim_statement(claimable: str, lock: str, lease_now: str, due: str = "next_round_at <= :now") -> str:
     """The claim as one statement: pick the due rows through the partial index, stamp a lease.
 
     Due times compare with `:now`, the replica's clock (a skewed replica runs a round a little
     early or late, which an idempotent `handle` tolerates). Leases are safety: they expire and are
-    stamped on `lease_now`, the database's clock, with `:lease_ttl` seconds to live.
+    stamped on `lease_now`, the database's clock, with `:lease_ttl` seconds to live. Rows come
+    highest priority first, then longest due, in the order of `ix_executions_claimable_priority`.
     """
     return (
         "UPDATE executions SET lease_owner = :owner, lease_token = :token, "
         f"lease_expires_at = {lease_now} + :lease_ttl "
         "WHERE id IN ("
-        f"SELECT id FROM executions WHERE {claimable} AND next_round_at <= :now "
+        f"SELECT id FROM executions WHERE {claimable} AND {due} "
         f"AND (lease_expires_at IS NULL OR lease_expires_at < {lease_now}) "
-        f"ORDER BY next_round_at LIMIT :limit{lock}) "
+        f"ORDER BY priority DESC, next_round_at LIMIT :limit{lock}) "
         f"RETURNING {ALL_COLUMNS}"
     )
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import Row, bindparam, case, func, insert, select, text, update
+from sqlalchemy import Boolean, Row, bindparam, case, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -39,6 +40,15 @@ class Submission:
     max_attempts: int = 1
     #: Seconds since the epoch before which the first round must not run.
     not_before: float | None = None
+    #: Seconds each attempt may run from its first round; None: no limit.
+    timeout: float | None = None
+    #: Seconds from submission by which the whole execution must be over; None: no deadline.
+    deadline: float | None = None
+    #: Overrides of the daemon's retry backoff, in seconds.
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    #: A second submission with the same key returns the first execution instead of a new one.
+    idempotency_key: str | None = None
 
 
 class AbortResult(enum.Enum):
@@ -106,20 +116,48 @@ class Store:
         return (await self.submit_many([submission], now=now))[0]
 
     async def submit_many(self, submissions: Sequence[Submission], *, now: float) -> list[str]:
-        """Store new executions, each QUEUED with its first event, in one transaction."""
-        rows, first_events, ids = [], [], []
-        for submission in submissions:
-            execution_id = str(uuid.uuid4())
-            ids.append(execution_id)
-            rows.append(_new_row(execution_id, submission, now))
-            first_events.append(
-                _event_row(
-                    EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"),
-                )
-            )
-        if not rows:
+        """Store new executions, each QUEUED with its first event, in one transaction.
+
+        A submission whose idempotency key is already stored (or repeated earlier in the batch)
+        gets the id of the execution that key first made, and stores nothing.
+        """
+        if not submissions:
             return []
+        try:
+            return await self._submit_many(submissions, now)
+        except IntegrityError:
+            if not any(s.idempotency_key for s in submissions):
+                raise
+            # Another writer stored one of these keys after we looked: look again, once.
+            return await self._submit_many(submissions, now)
+
+    async def _submit_many(self, submissions: Sequence[Submission], now: float) -> list[str]:
+        keys = sorted({s.idempotency_key for s in submissions if s.idempotency_key is not None})
+        rows, first_events, ids = [], [], []
         async with self._writer.begin() as conn:
+            known: dict[str, str] = {}
+            if keys:
+                found = await conn.execute(
+                    select(executions.c.idempotency_key, executions.c.id).where(
+                        executions.c.idempotency_key.in_(keys)
+                    )
+                )
+                known = {key: execution_id for key, execution_id in found.all()}
+            for submission in submissions:
+                key = submission.idempotency_key
+                if key is not None and key in known:
+                    ids.append(known[key])
+                    continue
+                execution_id = str(uuid.uuid4())
+                if key is not None:
+                    known[key] = execution_id
+                ids.append(execution_id)
+                rows.append(_new_row(execution_id, submission, now))
+                first_events.append(
+                    _event_row(EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"))
+                )
+            if not rows:
+                return ids
             await conn.execute(insert(executions), rows)
             await conn.execute(insert(events), first_events)
             if self.dialect is postgres.DIALECT:
@@ -157,7 +195,7 @@ class Store:
             result = await conn.execute(statement, params)
             rows = result.all()
         # RETURNING gives no order: restore the one the claim chose them by.
-        return sorted((_record(row) for row in rows), key=lambda record: record.next_round_at)
+        return sorted((_record(row) for row in rows), key=lambda r: (-r.priority, r.next_round_at))
 
     async def commit_round(self, token: str, updates: Sequence[RecordUpdate], *, now: float) -> CommitResult:
         """Write a round's results in one transaction, only for rows whose lease is still `token`.
@@ -188,7 +226,9 @@ class Store:
             .where(executions.c.id == bindparam("_id"), executions.c.lease_token == bindparam("_token"))
             .values(
                 finalized=bindparam("v_finalized"),
-                system_failures=bindparam("v_system_failures"),
+                abort_owed=bindparam("v_abort_owed"),
+                finalize_failures=bindparam("v_finalize_failures"),
+                finalize_error=bindparam("v_finalize_error"),
                 next_round_at=bindparam("v_next_round_at"),
                 updated_at=bindparam("v_updated_at"),
                 lease_owner=None,
@@ -201,7 +241,9 @@ class Store:
                 "_id": record.id,
                 "_token": token,
                 "v_finalized": record.finalized,
-                "v_system_failures": record.system_failures,
+                "v_abort_owed": record.abort_owed,
+                "v_finalize_failures": record.finalize_failures,
+                "v_finalize_error": record.finalize_error,
                 "v_next_round_at": record.next_round_at,
                 "v_updated_at": record.updated_at,
             }
@@ -344,8 +386,9 @@ class Store:
         if task_type is not None:
             query = query.where(executions.c.task_type == task_type)
         if unfinalized:
-            final = [int(phase) for phase in (Phase.SUCCESS, Phase.PERMANENT_FAILURE, Phase.ABORTED)]
-            query = query.where(executions.c.phase.in_(final), executions.c.finalized.is_(False))
+            # Attempts that ended and still owe their clean-up (`abort`, `finalize`).
+            ended = [int(phase) for phase in Phase if phase.is_terminal]
+            query = query.where(executions.c.phase.in_(ended), executions.c.finalized.is_(False))
         if before is not None:
             created_at, last_id = before
             older: ColumnElement[bool] = (executions.c.created_at < created_at) | (
@@ -418,6 +461,14 @@ def _new_row(execution_id: str, submission: Submission, now: float) -> dict[str,
         "plugin_state_version": 0,
         "attempt": 1,
         "max_attempts": submission.max_attempts,
+        "timeout": submission.timeout,
+        "deadline_at": now + submission.deadline if submission.deadline is not None else None,
+        "backoff_base": submission.backoff_base,
+        "backoff_max": submission.backoff_max,
+        "idempotency_key": submission.idempotency_key,
+        "abort_owed": False,
+        "finalize_failures": 0,
+        "finalize_error": None,
         "system_failures": 0,
         "event_seq": 1,
         "rounds": 0,
@@ -466,6 +517,14 @@ def _record(row: Row[Any]) -> ExecutionRecord:
         lease_owner=row.lease_owner,
         lease_token=row.lease_token,
         lease_expires_at=row.lease_expires_at,
+        abort_owed=bool(row.abort_owed),
+        finalize_failures=row.finalize_failures,
+        finalize_error=row.finalize_error,
+        timeout=row.timeout,
+        deadline_at=row.deadline_at,
+        backoff_base=row.backoff_base,
+        backoff_max=row.backoff_max,
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -499,6 +558,10 @@ _ALWAYS_WRITTEN = (
     "lease_owner",
     "lease_token",
     "lease_expires_at",
+    "finalized",
+    "abort_owed",
+    "finalize_failures",
+    "finalize_error",
 )
 
 
@@ -509,7 +572,9 @@ def _grouped_updates(
     groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
     for item in updates:
         record = item.record
-        keep_lease = record.phase.is_final and not record.finalized
+        # An attempt that just ended keeps its lease for the clean-up this round runs next, so no
+        # other replica runs `abort`/`finalize` meanwhile; a clean-up that failed lets it go.
+        keep_lease = record.phase.is_terminal and not record.finalized and record.finalize_failures == 0
         row: dict[str, Any] = {
             "_id": record.id,
             "_token": token,
@@ -530,6 +595,12 @@ def _grouped_updates(
             "v_lease_owner": record.lease_owner if keep_lease else None,
             "v_lease_token": token if keep_lease else None,
             "v_lease_expires_at": record.lease_expires_at if keep_lease else None,
+            "v_finalized": record.finalized,
+            "v_abort_owed": record.abort_owed,
+            "v_finalize_failures": record.finalize_failures,
+            "v_finalize_error": record.finalize_error,
+            # An abort requested meanwhile wakes a running execution, not one owing its clean-up.
+            "_wake_on_abort": not record.phase.is_terminal,
         }
         if item.state_changed:
             row["v_plugin_state"] = record.plugin_state
@@ -551,7 +622,10 @@ def _update_statement(with_state: bool, with_outputs: bool) -> Any:
     # Typed, because inside CASE they get no type from the column: PostgreSQL would read them as text.
     when = executions.c.next_round_at.type
     values["next_round_at"] = case(
-        (executions.c.abort_requested, bindparam("_now", type_=when)),
+        (
+            executions.c.abort_requested & bindparam("_wake_on_abort", type_=Boolean()),
+            bindparam("_now", type_=when),
+        ),
         else_=bindparam("_next_round_at", type_=when),
     )
     return (

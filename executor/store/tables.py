@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 
@@ -64,6 +65,15 @@ executions = Table(
     Column("lease_owner", String(255)),
     Column("lease_token", String(36)),
     Column("lease_expires_at", Double),
+    # The lifecycle (migration 0002): clean-up owed by the current attempt, and per-submission limits.
+    Column("abort_owed", Boolean, nullable=False, server_default=false()),
+    Column("finalize_failures", Integer, nullable=False, server_default=text("0")),
+    Column("finalize_error", Text),
+    Column("timeout", Double),
+    Column("deadline_at", Double),
+    Column("backoff_base", Double),
+    Column("backoff_max", Double),
+    Column("idempotency_key", String(255)),
 )
 
 # The claimable set: only rows that still need a round. Finished rows are outside the index, so a
@@ -76,6 +86,17 @@ Index(
     postgresql_where=text("NOT finalized"),
 )
 Index("ix_executions_created_at", executions.c.created_at)
+# The claim's order: higher priority first, then the longest due. The same partial predicate, so it
+# too holds only rows that still need a round. `next_due_at` keeps using the index above.
+Index(
+    "ix_executions_claimable_priority",
+    executions.c.priority.desc(),
+    executions.c.next_round_at,
+    sqlite_where=text("finalized = 0"),
+    postgresql_where=text("NOT finalized"),
+)
+# A second submission with the same key returns the first execution (NULLs never collide).
+Index("ix_executions_idempotency_key", executions.c.idempotency_key, unique=True)
 
 events = Table(
     "events",
@@ -91,6 +112,27 @@ events = Table(
     Column("info", Text),
     Column("occurred_at", Double, nullable=False),
 )
+
+# Quotas shared by every replica of one store: the registered size of each namespace, and one row
+# per token holding a unit of it. The primary key makes an allocation idempotent per token.
+resource_quotas = Table(
+    "resource_quotas",
+    metadata,
+    Column("namespace", String(255), primary_key=True),
+    Column("quota", Integer, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+resource_allocations = Table(
+    "resource_allocations",
+    metadata,
+    Column("namespace", String(255), primary_key=True),
+    Column("token", String(255), primary_key=True),
+    # The execution that allocated it: its finalize releases whatever it still holds.
+    Column("execution_id", String(36)),
+    Column("allocated_at", Double, nullable=False),
+)
+Index("ix_resource_allocations_execution_id", resource_allocations.c.execution_id)
 
 # One row per running daemon (migration 0003): a heartbeat on the database's clock, so that
 # `executor replicas` can tell live replicas from ones that died without saying goodbye.
