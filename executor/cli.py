@@ -306,7 +306,8 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json([event_dict(event) for event in timeline])
             return OK
-        print(f"{'#':<4}{'ATTEMPT':<9}{'PHASE':<28}{'AT':<28}{'LASTED':<10}REASON")
+        # An ISO time with milliseconds and offset is 29 characters: the columns must be wider.
+        print(f"{'#':<4}{'ATTEMPT':<9}{'PHASE':<28}{'AT':<31}{'LASTED':<12}REASON")
         for index, event in enumerate(timeline):
             at = datetime.fromtimestamp(event.occurred_at, UTC).isoformat(timespec="milliseconds")
             following = timeline[index + 1].occurred_at if index + 1 < len(timeline) else None
@@ -315,7 +316,7 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
             reason = event.reason or ""
             if event.error is not None:
                 reason = f"{reason}: {event.error.message}" if reason else event.error.message
-            print(f"{event.seq:<4}{event.attempt:<9}{phase:<28}{at:<28}{lasted:<10}{reason}")
+            print(f"{event.seq:<4}{event.attempt:<9}{phase:<28}{at:<31}{lasted:<12}{reason}")
         return OK
 
     return _with_client(settings, body)

@@ -8,18 +8,29 @@ before the round commits, and a crash before that simply runs the round again.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import types
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Protocol
 
 import anyio
 
 from executor import lifecycle
-from executor.core import Phase, PhaseInfo, Plugin, PluginStateError, TaskLog, Transition
+from executor.core import (
+    ExecutionError,
+    Phase,
+    PhaseInfo,
+    Plugin,
+    PluginStateError,
+    TaskInfo,
+    TaskLog,
+    Transition,
+)
 from executor.core.records import ExecutionRecord, RecordUpdate
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
@@ -298,26 +309,22 @@ class Reconciler:
             return lifecycle.NoPlugin(record.task_type, tuple(self.plugins.task_types))
         tctx = self._context(record, plugin, number)
         try:
-            with anyio.fail_after(self._handle_timeout):
+            with anyio.fail_after(self._handle_timeout) as deadline:
                 returned = await self._call(plugin, plugin.handle, tctx)
-        except TimeoutError:
-            return lifecycle.SystemFault(
-                "HandleTimeout",
-                f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
-            )
         except PluginStateError as err:
             return lifecycle.Rejected("PluginStateUnreadable", str(err))
         except Exception as err:
+            if isinstance(err, TimeoutError) and deadline.cancel_called:
+                return lifecycle.SystemFault(
+                    "HandleTimeout",
+                    f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
+                )
+            # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
             tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
             return lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
-        if not isinstance(returned, Transition) or not isinstance(returned.phase_info, PhaseInfo):
-            return lifecycle.Rejected(
-                "InvalidTransition", f"handle returned {_describe(returned)}, expected a Transition"
-            )
-        if not isinstance(returned.phase_info.phase, Phase):
-            return lifecycle.Rejected(
-                "InvalidTransition", f"phase {returned.phase_info.phase!r} is not a Phase"
-            )
+        invalid = _transition_problem(returned)
+        if invalid is not None:
+            return lifecycle.Rejected("InvalidTransition", invalid)
         for problem in (tctx.state.problem, tctx.output_writer.problem):
             if problem is not None:
                 return lifecycle.Rejected(*problem)
@@ -462,6 +469,42 @@ def _timed_steps(
             to_send, to_throw = (yield yielded), None
         except BaseException as err:  # cancellation and timeouts must reach the plugin's code
             to_send, to_throw = None, err
+
+
+def _transition_problem(returned: object) -> str | None:
+    """What is wrong with what `handle` returned, or None.
+
+    Checked here, field by field, because a malformed transition must fail its own execution:
+    left to `lifecycle.advance` or to the commit, it would raise there and sink the whole round
+    (and, after a restart, the round that claims it again).
+    """
+    if not isinstance(returned, Transition):
+        return f"handle returned {_describe(returned)}, expected a Transition"
+    info = returned.phase_info
+    if not isinstance(info, PhaseInfo):
+        return f"handle returned a Transition whose phase_info is {_describe(info)}, expected a PhaseInfo"
+    if not isinstance(info.phase, Phase):
+        return f"phase {info.phase!r} is not a Phase"
+    if not isinstance(info.version, int) or isinstance(info.version, bool):
+        return f"phase version {info.version!r} is not an int"
+    if info.reason is not None and not isinstance(info.reason, str):
+        return f"reason {info.reason!r} is not a str"
+    if returned.requeue_after is not None and not isinstance(returned.requeue_after, timedelta):
+        return (
+            f"requeue_after {returned.requeue_after!r} is not a timedelta "
+            "(do_transition(..., requeue_after=seconds) converts numbers)"
+        )
+    if info.error is not None and not isinstance(info.error, ExecutionError):
+        return f"error is {_describe(info.error)}, expected an ExecutionError"
+    if info.info is not None and not isinstance(info.info, TaskInfo):
+        return f"info is {_describe(info.info)}, expected a TaskInfo"
+    try:
+        for part in (info.error, info.info):
+            if part is not None:
+                json.dumps(part.to_dict(), allow_nan=False)
+    except (TypeError, ValueError, AttributeError) as err:
+        return f"the phase info cannot be stored as JSON: {type(err).__name__}: {err}"
+    return None
 
 
 def _scrub_outcome(outcome: lifecycle.Outcome) -> lifecycle.Outcome:
