@@ -75,6 +75,11 @@ def no_real_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loader, "entry_points", lambda group: [])
 
 
+#: The plugins the project ships in plugins/ (examples/ is a directory without __init__: not loaded).
+BUILT_IN_FILES = {"echo.py", "sleep.py", "http_job.py"}
+BUILT_IN_IDS = {"core-sleep", "echo", "http-job"}
+
+
 # -- the repository's plugins/ ------------------------------------------------------------------
 
 
@@ -84,12 +89,12 @@ async def test_repo_plugins_load_into_two_isolated_registries() -> None:
     loaded_first = load_directory(first, REPO_PLUGINS)
     loaded_second = load_directory(second, REPO_PLUGINS)
     assert loaded_first == loaded_second
-    assert {Path(p).name for p in loaded_first} == {"echo.py", "sleep.py"}
+    assert {Path(p).name for p in loaded_first} == BUILT_IN_FILES
     for registry in (first, second):
-        assert {e.id for e in registry.entries} == {"core-sleep", "echo"}
+        assert {e.id for e in registry.entries} == BUILT_IN_IDS
         assert registry.source_of("echo").endswith("echo.py")
         plugins = await load_plugins(registry, SETUP)
-        assert plugins.task_types == ["core-sleep", "echo"]
+        assert plugins.task_types == sorted(BUILT_IN_IDS)
         sleep = plugins.for_task_type("core-sleep")
         assert sleep is not None and sleep.id == "core-sleep"
     # Each load executed the module afresh: the two registries hold distinct entries.
@@ -102,8 +107,8 @@ def test_collect_with_no_directory_uses_plugins_in_the_working_directory(
     monkeypatch.chdir(REPO)
     registry = PluginRegistry()
     sources = collect(registry, None, use_entry_points=False)
-    assert len(sources) == 2
-    assert {e.id for e in registry.entries} == {"core-sleep", "echo"}
+    assert len(sources) == len(BUILT_IN_FILES)
+    assert {e.id for e in registry.entries} == BUILT_IN_IDS
 
 
 def test_collect_reports_a_missing_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
