@@ -127,7 +127,10 @@ async def heartbeat(
     try:
         while True:
             try:
-                await beat(store, replica_id, status(), first=first)
+                # Shielded (and bounded on its own): a beat cancelled halfway at shutdown would leave
+                # a half-closed connection whose clean-up can hang the process's exit.
+                with anyio.CancelScope(shield=True), anyio.fail_after(max(interval, 5.0)):
+                    await beat(store, replica_id, status(), first=first)
                 first = False
                 if failing:
                     log.info("heartbeat.resumed")

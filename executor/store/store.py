@@ -348,7 +348,8 @@ class Store:
             return
         if self.dialect is not sqlite.DIALECT:
             return
-        async with self.engine.connect() as conn:
+        conn = await self.engine.connect()
+        try:
             raw = await conn.get_raw_connection()
             driver = raw.driver_connection  # aiosqlite, in autocommit: no transaction is held open
             assert driver is not None
@@ -361,6 +362,12 @@ class Store:
                     on_change()
                 last = version
                 await anyio.sleep(interval)
+        finally:
+            # This task is cancelled at shutdown. Closing the connection must not be cancelled in
+            # turn: a half-closed aiosqlite connection left SQLAlchemy a clean-up task that hung
+            # the process's exit.
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     # -- reading ------------------------------------------------------------------------------
 
