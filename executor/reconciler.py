@@ -351,16 +351,6 @@ class Reconciler:
                     if error is None:
                         error = await self._cleanup_step(plugin, plugin.finalize, tctx, "finalize")
                 if error is None:
-                    released = await self._quotas.release_execution(record.id)
-                    if released:
-                        self._log.info(
-                            "finalize.released_tokens",
-                            execution_id=record.id,
-                            task_type=record.task_type,
-                            attempt=record.attempt,
-                            round=number,
-                            tokens=released,
-                        )
                     completed.add(record.id)
             cleanup = lifecycle.Cleanup(aborted=aborted, finalized=error is None, error=error)
             done.append(lifecycle.cleaned_up(record, cleanup, self.clock(), self._policy))
@@ -368,8 +358,23 @@ class Reconciler:
         async with anyio.create_task_group() as group:
             for record in records:
                 group.start_soon(one, record)
-        result = await self.store.commit_round(token, done, now=self.clock())
+        # Quota tokens the plugin forgot are released with the commit that records the clean-up.
+        result = await self.store.commit_round(
+            token, done, now=self.clock(), release_allocations_of=completed
+        )
         self._log_transitions(number, done, result.committed)
+        for update in done:
+            tokens = result.released.get(update.record.id)
+            if tokens:
+                record = update.record
+                self._log.info(
+                    "finalize.released_tokens",
+                    execution_id=record.id,
+                    task_type=record.task_type,
+                    attempt=record.attempt,
+                    round=number,
+                    tokens=tokens,
+                )
         return len(completed & result.committed)
 
     async def _cleanup_step(

@@ -4,7 +4,8 @@ A namespace has a quota (registered by plugins at set-up, overridable in setting
 is one row per (namespace, token), so allocating the same token twice is a no-op that succeeds.
 Allocations are serialised per namespace: PostgreSQL locks the namespace's quota row for the
 transaction (`FOR UPDATE`), SQLite has one writer at a time anyway. Whatever an execution still
-holds when its attempt is finalized is released then (`release_execution`): a plugin that forgets
+holds when its attempt is finalized is released then, with the commit that records the clean-up
+(`Store.commit_round(release_allocations_of=...)`): a plugin that forgets
 to release cannot leak quota.
 """
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import Boolean, Row, bindparam, case, func, insert, select, text, update
+from sqlalchemy import Boolean, Row, bindparam, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
@@ -24,7 +24,7 @@ from executor.core import ExecutionError, Phase
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
 from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
-from executor.store.tables import events, executions
+from executor.store.tables import events, executions, resource_allocations
 
 
 def _dumps(value: object) -> str:
@@ -62,6 +62,8 @@ class CommitResult:
     committed: frozenset[str]
     #: Executions whose lease another replica took meanwhile: their round was dropped, not written.
     lost: frozenset[str]
+    #: Quota tokens released with the commit, per execution (see `commit_round`).
+    released: Mapping[str, int] = field(default_factory=dict)
 
 
 class StoreError(Exception):
@@ -197,15 +199,25 @@ class Store:
         # RETURNING gives no order: restore the one the claim chose them by.
         return sorted((_record(row) for row in rows), key=lambda r: (-r.priority, r.next_round_at))
 
-    async def commit_round(self, token: str, updates: Sequence[RecordUpdate], *, now: float) -> CommitResult:
+    async def commit_round(
+        self,
+        token: str,
+        updates: Sequence[RecordUpdate],
+        *,
+        now: float,
+        release_allocations_of: Collection[str] = (),
+    ) -> CommitResult:
         """Write a round's results in one transaction, only for rows whose lease is still `token`.
 
-        A final record keeps its lease until `record_finalized`, so that no other replica runs
-        `finalize` meanwhile; every other record's lease is released.
+        A final record keeps its lease until its clean-up is recorded, so that no other replica
+        runs `finalize` meanwhile; every other record's lease is released. The quota tokens of
+        `release_allocations_of` (executions whose clean-up completed) are released in the same
+        transaction: one statement for the round, never one per execution.
         """
         if not updates:
             return CommitResult(frozenset(), frozenset())
         wanted = [update.record.id for update in updates]
+        released: dict[str, int] = {}
         async with self._writer.begin() as conn:
             kept = await self._still_leased(conn, token, wanted)
             mine = [update for update in updates if update.record.id in kept]
@@ -214,7 +226,16 @@ class Store:
             new_events = [_event_row(event) for update in mine for event in update.events]
             if new_events:
                 await conn.execute(insert(events), new_events)
-        return CommitResult(frozenset(kept), frozenset(wanted) - kept)
+            releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
+            if releasing:
+                result = await conn.execute(
+                    delete(resource_allocations)
+                    .where(resource_allocations.c.execution_id.in_(releasing))
+                    .returning(resource_allocations.c.execution_id)
+                )
+                for (execution_id,) in result:
+                    released[execution_id] = released.get(execution_id, 0) + 1
+        return CommitResult(frozenset(kept), frozenset(wanted) - kept, released)
 
     async def record_finalized(self, token: str, records: Sequence[ExecutionRecord]) -> CommitResult:
         """Store the outcome of `finalize` (see `lifecycle.finalized`) and release the leases."""
