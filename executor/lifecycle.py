@@ -225,6 +225,18 @@ def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Po
     return RecordUpdate(draft.build(), events, state_changed=True, outputs_changed=True)
 
 
+def with_cleanup(update: RecordUpdate, cleanup: Cleanup, now: float, policy: Policy) -> RecordUpdate:
+    """`update`, which ended an attempt, and what its clean-up did (see `cleaned_up`), as one update:
+    for a clean-up recorded in the same commit as the end of its attempt."""
+    cleaned = cleaned_up(update.record, cleanup, now, policy)
+    return RecordUpdate(
+        cleaned.record,
+        update.events + cleaned.events,
+        state_changed=update.state_changed or cleaned.state_changed,
+        outputs_changed=update.outputs_changed or cleaned.outputs_changed,
+    )
+
+
 def finalized(record: ExecutionRecord, *, succeeded: bool, now: float, policy: Policy) -> ExecutionRecord:
     """The record after `finalize` ran for a finished execution (no `abort` owed): see `cleaned_up`."""
     cleanup = Cleanup(aborted=True, finalized=succeeded, error=None if succeeded else "finalize failed")

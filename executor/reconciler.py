@@ -8,6 +8,7 @@ before the round commits, and a crash before that simply runs the round again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -38,7 +39,7 @@ from executor.plugin.resources import InProcessResourceManager
 from executor.plugin.task_exec_context import SecretManager, TaskExecContext
 from executor.redaction import REDACTOR
 from executor.settings import Settings
-from executor.store import Store
+from executor.store import CommitResult, Store
 from executor.store.quotas import SqlResourceManager
 
 Clock = Callable[[], float]
@@ -257,9 +258,11 @@ class Reconciler:
         awaiting_cleanup = [record for record in claimed if record.phase.is_terminal]
         active = [record for record in claimed if not record.phase.is_terminal]
         outcomes: dict[str, lifecycle.Outcome] = {}
+        # The limiter only matters when a round holds more executions than may run at once.
+        limiter = self._limiter if len(active) > self.settings.max_parallelism else _UNLIMITED
 
         async def work(record: ExecutionRecord) -> None:
-            async with self._limiter:
+            async with limiter:
                 started = time.perf_counter()
                 outcome = await self._outcome(record, number)
                 outcomes[record.id] = outcome
@@ -275,16 +278,25 @@ class Reconciler:
                 group.start_soon(work, record)
 
         now = self.clock()
-        updates = [
-            lifecycle.advance(record, _scrub_outcome(outcomes[record.id]), now, self._policy)
-            for record in active
-        ]
-        result = await self.store.commit_round(token, updates, now=now)
+        updates = []
+        # Attempts that ended with a clean-up that runs nothing of the plugin's: recorded with
+        # this commit instead of a second one (see `_trivial_cleanup`).
+        settled: set[str] = set()
+        for record in active:
+            update = lifecycle.advance(record, _scrub_outcome(outcomes[record.id]), now, self._policy)
+            if update.record.phase.is_terminal and not update.record.finalized:
+                cleanup = _trivial_cleanup(self.plugins.for_task_type(record.task_type), update.record)
+                if cleanup is not None:
+                    update = lifecycle.with_cleanup(update, cleanup, now, self._policy)
+                    settled.add(record.id)
+            updates.append(update)
+        result = await self.store.commit_round(token, updates, now=now, release_allocations_of=settled)
         if result.lost:
             self._log.warning(
                 "round.leases_lost", round=number, count=len(result.lost), ids=sorted(result.lost)
             )
         self._log_transitions(number, updates, result.committed)
+        self._log_released(number, updates, result)
 
         ended = [
             u.record
@@ -292,6 +304,7 @@ class Reconciler:
             if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
         ]
         finalized = await self._cleanup(number, token, ended + awaiting_cleanup)
+        finalized += len(settled & result.committed)
         self._log.debug(
             "round.committed", round=number, claimed=len(claimed), committed=len(result.committed)
         )
@@ -338,11 +351,20 @@ class Reconciler:
             return 0
         done: list[RecordUpdate] = []
         completed: set[str] = set()
-
-        async def one(record: ExecutionRecord) -> None:
+        to_run: list[tuple[ExecutionRecord, Plugin | None]] = []
+        for record in records:
             plugin = self.plugins.for_task_type(record.task_type)
+            trivial = _trivial_cleanup(plugin, record)
+            if trivial is None:
+                to_run.append((record, plugin))
+            else:
+                completed.add(record.id)
+                done.append(lifecycle.cleaned_up(record, trivial, self.clock(), self._policy))
+        limiter = self._limiter if len(to_run) > self.settings.max_parallelism else _UNLIMITED
+
+        async def one(record: ExecutionRecord, plugin: Plugin | None) -> None:
             aborted, error = not record.abort_owed, None
-            async with self._limiter:
+            async with limiter:
                 if plugin is not None:
                     tctx = self._context(record, plugin, number)
                     if record.abort_owed:
@@ -355,15 +377,23 @@ class Reconciler:
             cleanup = lifecycle.Cleanup(aborted=aborted, finalized=error is None, error=error)
             done.append(lifecycle.cleaned_up(record, cleanup, self.clock(), self._policy))
 
-        async with anyio.create_task_group() as group:
-            for record in records:
-                group.start_soon(one, record)
+        if to_run:
+            async with anyio.create_task_group() as group:
+                for record, plugin in to_run:
+                    group.start_soon(one, record, plugin)
         # Quota tokens the plugin forgot are released with the commit that records the clean-up.
         result = await self.store.commit_round(
             token, done, now=self.clock(), release_allocations_of=completed
         )
         self._log_transitions(number, done, result.committed)
-        for update in done:
+        self._log_released(number, done, result)
+        return len(completed & result.committed)
+
+    def _log_released(self, number: int, updates: list[RecordUpdate], result: CommitResult) -> None:
+        """Name the executions whose plugin forgot quota tokens that the clean-up released."""
+        if not result.released:
+            return
+        for update in updates:
             tokens = result.released.get(update.record.id)
             if tokens:
                 record = update.record
@@ -375,7 +405,6 @@ class Reconciler:
                     round=number,
                     tokens=tokens,
                 )
-        return len(completed & result.committed)
 
     async def _cleanup_step(
         self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext, name: str
@@ -474,6 +503,31 @@ def _timed_steps(
             to_send, to_throw = (yield yielded), None
         except BaseException as err:  # cancellation and timeouts must reach the plugin's code
             to_send, to_throw = None, err
+
+
+#: Stands in for the limiter when a round holds no more executions than may run at once.
+_UNLIMITED = contextlib.nullcontext()
+
+
+def _trivial_cleanup(plugin: Plugin | None, record: ExecutionRecord) -> lifecycle.Cleanup | None:
+    """The outcome of `record`'s clean-up when it runs nothing of the plugin's, else None.
+
+    That is when no plugin handles the task type any more, or when the plugin keeps the
+    contract's default `abort` and `finalize`, which do nothing. Such a clean-up is recorded
+    with the commit that ends the attempt: every guarantee of the clean-up holds (nothing of the
+    plugin's can run before the phase is durable, be lost in a crash, or run on two replicas),
+    and a one-round task costs one write transaction instead of two.
+    """
+    if plugin is None:
+        return lifecycle.Cleanup(aborted=not record.abort_owed, finalized=True)
+    if _is_default(plugin.abort, Plugin.abort) and _is_default(plugin.finalize, Plugin.finalize):
+        return lifecycle.Cleanup(aborted=True, finalized=True)
+    return None
+
+
+def _is_default(method: object, default: object) -> bool:
+    """Whether a plugin's bound method is the contract's own (not overridden, nor patched)."""
+    return getattr(method, "__func__", None) is default
 
 
 def _transition_problem(returned: object) -> str | None:
