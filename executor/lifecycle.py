@@ -203,7 +203,8 @@ def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Po
             reason=lapsed.code,
             error=ExecutionError(lapsed.code, lapsed.message, ErrorKind.USER),
         )
-        return RecordUpdate(draft.build(), _finish(draft, failure, now, cleaned=True))
+        events = _finish(draft, failure, now, cleaned=True)
+        return RecordUpdate(draft.build(), events)
     failed_code = record.reason or "RetryableFailure"
     draft.set(
         attempt=record.attempt + 1,
