@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import Boolean, Row, bindparam, case, delete, func, insert, select, text, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
@@ -96,6 +96,7 @@ class Store:
         self._writer = engine.execution_options(**{sqlite.BEGIN_OPTION: "IMMEDIATE"})
         self._claim = text(self.dialect.claim_sql)
         self._claim_pinned = text(self.dialect.claim_sql_pinned)
+        self._round_sql = _RoundSql(self.dialect is postgres.DIALECT)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -221,11 +222,13 @@ class Store:
         async with self._writer.begin() as conn:
             kept = await self._still_leased(conn, token, wanted)
             mine = [update for update in updates if update.record.id in kept]
-            for statement, rows in _grouped_updates(mine, token, now):
-                await conn.execute(statement, rows)
-            new_events = [_event_row(event) for update in mine for event in update.events]
+            # Straight to the driver: these run once per row, and SQLAlchemy's processing of each
+            # row's parameters cost more than the database's work (see `_RoundSql`).
+            for shape, rows in _grouped_updates(mine, token, now).items():
+                await conn.exec_driver_sql(self._round_sql.update(*shape), rows)
+            new_events = [_event_params(event) for update in mine for event in update.events]
             if new_events:
-                await conn.execute(insert(events), new_events)
+                await conn.exec_driver_sql(self._round_sql.insert_event, new_events)
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:
                 result = await conn.execute(
@@ -592,72 +595,120 @@ _ALWAYS_WRITTEN = (
     "finalize_error",
 )
 
+_EVENT_COLUMNS = (
+    "execution_id",
+    "seq",
+    "attempt",
+    "phase",
+    "phase_version",
+    "reason",
+    "error",
+    "info",
+    "occurred_at",
+)
+
+
+class _RoundSql:
+    """The per-row statements of `commit_round`, as driver SQL with positional parameters.
+
+    They run as one executemany per statement for a whole batch, and handing SQLAlchemy a
+    dictionary per row cost more than the database's work: it compiles the statement once but
+    processes every row's parameters in Python. The statements are plain enough to write once per
+    placeholder style: `?` for sqlite3, `$n` for asyncpg (with casts where PostgreSQL cannot
+    infer a parameter's type).
+    """
+
+    def __init__(self, numbered: bool) -> None:
+        self._numbered = numbered
+        self._updates: dict[tuple[bool, bool], str] = {}
+        self.insert_event = (
+            f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join(self._marks(1, len(_EVENT_COLUMNS)))})"
+        )
+
+    def update(self, with_state: bool, with_outputs: bool) -> str:
+        """The update of one shape of change; rows come from `_grouped_updates`, in this order:
+        the written columns, the value of `next_round_at` if an abort was requested meanwhile,
+        its value otherwise, then the id and the lease token the row must still hold."""
+        shape = (with_state, with_outputs)
+        sql = self._updates.get(shape)
+        if sql is None:
+            columns = _written_columns(with_state, with_outputs)
+            marks = self._marks(1, len(columns) + 4)
+            assignments = [f"{name} = {mark}" for name, mark in zip(columns, marks, strict=False)]
+            on_abort, otherwise, execution_id, token = marks[len(columns) :]
+            # An abort requested while the round ran must not wait for the plugin's requeue time.
+            # Cast: inside CASE, PostgreSQL would take the parameters for text.
+            assignments.append(
+                f"next_round_at = CASE WHEN abort_requested THEN CAST({on_abort} AS DOUBLE PRECISION) "
+                f"ELSE CAST({otherwise} AS DOUBLE PRECISION) END"
+            )
+            sql = (
+                f"UPDATE executions SET {', '.join(assignments)} "
+                f"WHERE id = {execution_id} AND lease_token = {token}"
+            )
+            self._updates[shape] = sql
+        return sql
+
+    def _marks(self, first: int, count: int) -> list[str]:
+        if self._numbered:
+            return [f"${number}" for number in range(first, first + count)]
+        return ["?"] * count
+
+
+def _written_columns(with_state: bool, with_outputs: bool) -> tuple[str, ...]:
+    columns: tuple[str, ...] = _ALWAYS_WRITTEN
+    if with_state:
+        columns += ("plugin_state", "plugin_state_version")
+    if with_outputs:
+        columns += ("outputs",)
+    return columns
+
 
 def _grouped_updates(
     updates: Sequence[RecordUpdate], token: str, now: float
-) -> list[tuple[Any, list[dict[str, Any]]]]:
-    """One executemany per shape of change: state and outputs are written only when they changed."""
-    groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+) -> dict[tuple[bool, bool], list[tuple[Any, ...]]]:
+    """The rows of one executemany per shape of change (see `_RoundSql.update`): state and
+    outputs are written only when they changed."""
+    groups: dict[tuple[bool, bool], list[tuple[Any, ...]]] = {}
     for item in updates:
         record = item.record
         # An attempt that just ended keeps its lease for the clean-up this round runs next, so no
         # other replica runs `abort`/`finalize` meanwhile; a clean-up that failed lets it go.
         keep_lease = record.phase.is_terminal and not record.finalized and record.finalize_failures == 0
-        row: dict[str, Any] = {
-            "_id": record.id,
-            "_token": token,
-            "_now": now,
-            "_next_round_at": record.next_round_at,
-            "v_phase": int(record.phase),
-            "v_phase_version": record.phase_version,
-            "v_reason": record.reason,
-            "v_error": _dumps(record.error.to_dict()) if record.error else None,
-            "v_info": _dumps(record.info) if record.info is not None else None,
-            "v_attempt": record.attempt,
-            "v_system_failures": record.system_failures,
-            "v_event_seq": record.event_seq,
-            "v_rounds": record.rounds,
-            "v_updated_at": record.updated_at if record.updated_at is not None else now,
-            "v_attempt_started_at": record.attempt_started_at,
-            "v_finished_at": record.finished_at,
-            "v_lease_owner": record.lease_owner if keep_lease else None,
-            "v_lease_token": token if keep_lease else None,
-            "v_lease_expires_at": record.lease_expires_at if keep_lease else None,
-            "v_finalized": record.finalized,
-            "v_abort_owed": record.abort_owed,
-            "v_finalize_failures": record.finalize_failures,
-            "v_finalize_error": record.finalize_error,
-            # An abort requested meanwhile wakes a running execution, not one owing its clean-up.
-            "_wake_on_abort": not record.phase.is_terminal,
-        }
+        row: tuple[Any, ...] = (
+            int(record.phase),
+            record.phase_version,
+            record.reason,
+            _dumps(record.error.to_dict()) if record.error else None,
+            _dumps(record.info) if record.info is not None else None,
+            record.attempt,
+            record.system_failures,
+            record.event_seq,
+            record.rounds,
+            record.updated_at if record.updated_at is not None else now,
+            record.attempt_started_at,
+            record.finished_at,
+            record.lease_owner if keep_lease else None,
+            token if keep_lease else None,
+            record.lease_expires_at if keep_lease else None,
+            record.finalized,
+            record.abort_owed,
+            record.finalize_failures,
+            record.finalize_error,
+        )
         if item.state_changed:
-            row["v_plugin_state"] = record.plugin_state
-            row["v_plugin_state_version"] = record.plugin_state_version
+            row += (record.plugin_state, record.plugin_state_version)
         if item.outputs_changed:
-            row["v_outputs"] = _dumps(record.outputs) if record.outputs is not None else None
+            row += (_dumps(record.outputs) if record.outputs is not None else None,)
+        # An abort requested meanwhile wakes a running execution, not one owing its clean-up.
+        on_abort = now if not record.phase.is_terminal else record.next_round_at
+        row += (on_abort, record.next_round_at, record.id, token)
         groups.setdefault((item.state_changed, item.outputs_changed), []).append(row)
-    return [(_update_statement(*shape), rows) for shape, rows in groups.items()]
+    return groups
 
 
-def _update_statement(with_state: bool, with_outputs: bool) -> Any:
-    columns = list(_ALWAYS_WRITTEN)
-    if with_state:
-        columns += ["plugin_state", "plugin_state_version"]
-    if with_outputs:
-        columns.append("outputs")
-    values: dict[str, Any] = {name: bindparam("v_" + name) for name in columns}
-    # An abort requested while the round ran must not wait for the plugin's requeue time.
-    # Typed, because inside CASE they get no type from the column: PostgreSQL would read them as text.
-    when = executions.c.next_round_at.type
-    values["next_round_at"] = case(
-        (
-            executions.c.abort_requested & bindparam("_wake_on_abort", type_=Boolean()),
-            bindparam("_now", type_=when),
-        ),
-        else_=bindparam("_next_round_at", type_=when),
-    )
-    return (
-        update(executions)
-        .where(executions.c.id == bindparam("_id"), executions.c.lease_token == bindparam("_token"))
-        .values(values)
-    )
+def _event_params(event: EventRecord) -> tuple[Any, ...]:
+    """An event as the positional parameters of `_RoundSql.insert_event`."""
+    row = _event_row(event)
+    return tuple(row[name] for name in _EVENT_COLUMNS)
