@@ -222,9 +222,9 @@ def test_replicas_survive_one_of_them_being_sigkilled_repeatedly(postgres_url: s
         EXECUTOR_POLL_INTERVAL="500ms",
         EXECUTOR_HEARTBEAT_INTERVAL="1s",
     )
-    items = [("core-sleep", {"duration": "300ms"})] * 2400 + [
-        ("fence", {"rounds": 3, "interval": "100ms"})
-    ] * 600
+    # Long enough to stay in flight through several kills (one a second): sized by time, not by
+    # count, so that a faster daemon does not finish the work before the faults begin.
+    items = [("core-sleep", {"duration": "4s"})] * 2400 + [("fence", {"rounds": 5, "interval": "1s"})] * 600
     try:
         for n in range(4):
             replicas.start(f"r{n}")
