@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         code = args.command(args, settings)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below, not at exit
     except SettingsError as err:
         code = _fail(str(err), USAGE)
     except CommandError as err:
@@ -51,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = _fail(str(err), REFUSED)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`executor list | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = OK
     sys.exit(code)
 
 

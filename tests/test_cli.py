@@ -305,3 +305,24 @@ def test_plugins_lists_the_built_in_task_types(cli: Cli, tmp_path: Path) -> None
     assert ["core-sleep", "core-sleep"] in [line.split()[:2] for line in lines]
     assert ["echo", "echo"] in [line.split()[:2] for line in lines]
     assert not (tmp_path / "executor.db").exists()  # listing plugins needs no database
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "EXECUTOR_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/executor.db",
+        "EXECUTOR_PLUGINS_DIR": str(BUILTIN_PLUGINS),
+    }
+    # `true` exits without reading: the CLI's write meets a closed pipe.
+    script = f"{sys.executable} -m executor plugins | true"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 0
