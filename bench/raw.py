@@ -1,0 +1,215 @@
+"""The raw-SQL limit: the daemon's round with no plugin, no lifecycle, no SQLAlchemy.
+
+Each loop claims a batch with the same statement the store uses (the partial index, a lease,
+`RETURNING` the whole row), decides each execution's next phase inline, and writes, in one
+transaction, one batched UPDATE of phase, state and outputs (fenced by the lease token) and one
+batched INSERT of one event per execution. The same three drivers the daemon can sit on: plain
+`sqlite3`, `aiosqlite` and `asyncpg`. Whatever the daemon does beyond this is its overhead; the
+ratio of the daemon to these loops is the figure that matters.
+
+Workloads: `echo` (one round: SUCCESS, outputs = inputs) and `three` (round 1 writes state
+`{"step": 1}`, round 2 reads it and writes `{"step": 2}`, round 3 succeeds).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg
+
+#: Phase values as stored (executor.core.Phase); the smoke test checks they still agree.
+RUNNING, SUCCESS = 5, 6
+
+SQLITE_CLAIM = (
+    "UPDATE executions SET lease_owner = ?, lease_token = ?, lease_expires_at = ? "
+    "WHERE id IN (SELECT id FROM executions WHERE finalized = 0 AND next_round_at <= ? "
+    "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY next_round_at LIMIT ?) "
+    "RETURNING *"
+)
+SQLITE_UPDATE = (
+    "UPDATE executions SET phase = ?, phase_version = ?, reason = ?, outputs = ?, plugin_state = ?, "
+    "plugin_state_version = ?, event_seq = ?, rounds = ?, updated_at = ?, attempt_started_at = ?, "
+    "finished_at = ?, next_round_at = ?, finalized = ?, "
+    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+    "WHERE id = ? AND lease_token = ?"
+)
+SQLITE_EVENT = (
+    "INSERT INTO events (execution_id, seq, attempt, phase, phase_version, reason, error, info, occurred_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)"
+)
+PG_CLAIM = (
+    "UPDATE executions SET lease_owner = $1, lease_token = $2, lease_expires_at = $3 "
+    "WHERE id IN (SELECT id FROM executions WHERE NOT finalized AND next_round_at <= $4 "
+    "AND (lease_expires_at IS NULL OR lease_expires_at < $4) ORDER BY next_round_at LIMIT $5 "
+    "FOR UPDATE SKIP LOCKED) RETURNING *"
+)
+PG_UPDATE = (
+    "UPDATE executions SET phase = $1, phase_version = $2, reason = $3, outputs = $4, plugin_state = $5, "
+    "plugin_state_version = $6, event_seq = $7, rounds = $8, updated_at = $9, attempt_started_at = $10, "
+    "finished_at = $11, next_round_at = $12, finalized = $13, "
+    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+    "WHERE id = $14 AND lease_token = $15"
+)
+PG_EVENT = (
+    "INSERT INTO events (execution_id, seq, attempt, phase, phase_version, reason, error, info, occurred_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7)"
+)
+
+OWNER = "raw-baseline"
+LEASE_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class RawRun:
+    executions: int
+    seconds: float
+    rounds: int
+
+
+def decide(
+    rows: Sequence[Any], columns: dict[str, int], workload: str, token: str, now: float, pg: bool
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The round's writes: one UPDATE row and one event row per claimed execution."""
+    i_id, i_inputs, i_state = columns["id"], columns["inputs"], columns["plugin_state"]
+    i_seq, i_rounds, i_attempt = columns["event_seq"], columns["rounds"], columns["attempt"]
+    i_started = columns["attempt_started_at"]
+    done = True if pg else 1
+    not_done = False if pg else 0
+    updates: list[tuple[Any, ...]] = []
+    new_events: list[tuple[Any, ...]] = []
+    for row in rows:
+        seq = row[i_seq] + 1
+        started = row[i_started] if row[i_started] is not None else now
+        if workload == "echo":
+            phase, version, outputs, state, finished = SUCCESS, 0, row[i_inputs], None, True
+        else:
+            step = json.loads(row[i_state])["step"] if row[i_state] is not None else 0
+            outputs = None
+            if step >= 2:
+                phase, version, state, finished = SUCCESS, 0, row[i_state], True
+            else:
+                phase, version, state, finished = RUNNING, step, json.dumps({"step": step + 1}), False
+        updates.append(
+            (
+                phase,
+                version,
+                None,
+                outputs,
+                state,
+                0,
+                seq,
+                row[i_rounds] + 1,
+                now,
+                started,
+                now if finished else None,
+                now,
+                done if finished else not_done,
+                row[i_id],
+                token,
+            )
+        )
+        new_events.append((row[i_id], seq, row[i_attempt], phase, version, None, now))
+    return updates, new_events
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+        connection.execute(f"PRAGMA {pragma}")
+
+
+def sqlite3_loop(path: Path, workload: str, batch_size: int) -> RawRun:
+    """Plain `sqlite3`, synchronous: the ceiling for any SQLite driver stack."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    _configure(connection)
+    rounds = executions = 0
+    started = time.perf_counter()
+    last = started
+    try:
+        while True:
+            token, now = str(uuid.uuid4()), time.time()
+            connection.execute("BEGIN IMMEDIATE")
+            cursor = connection.execute(
+                SQLITE_CLAIM, (OWNER, token, now + LEASE_SECONDS, now, now, batch_size)
+            )
+            rows = cursor.fetchall()
+            columns = {d[0]: i for i, d in enumerate(cursor.description)}
+            connection.execute("COMMIT")
+            if not rows:
+                break
+            updates, new_events = decide(rows, columns, workload, token, time.time(), pg=False)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany(SQLITE_UPDATE, updates)
+            connection.executemany(SQLITE_EVENT, new_events)
+            connection.execute("COMMIT")
+            rounds += 1
+            executions += sum(1 for update in updates if update[12])
+            last = time.perf_counter()
+    finally:
+        connection.close()
+    return RawRun(executions, last - started, rounds)
+
+
+async def aiosqlite_loop(path: Path, workload: str, batch_size: int) -> RawRun:
+    """`aiosqlite` directly: the driver under the daemon's SQLite store, without SQLAlchemy."""
+    async with aiosqlite.connect(path, isolation_level=None) as connection:
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+            await connection.execute(f"PRAGMA {pragma}")
+        rounds = executions = 0
+        started = time.perf_counter()
+        last = started
+        while True:
+            token, now = str(uuid.uuid4()), time.time()
+            await connection.execute("BEGIN IMMEDIATE")
+            cursor = await connection.execute(
+                SQLITE_CLAIM, (OWNER, token, now + LEASE_SECONDS, now, now, batch_size)
+            )
+            rows = await cursor.fetchall()
+            columns = {d[0]: i for i, d in enumerate(cursor.description)}
+            await cursor.close()
+            await connection.execute("COMMIT")
+            if not rows:
+                break
+            updates, new_events = decide(rows, columns, workload, token, time.time(), pg=False)
+            await connection.execute("BEGIN IMMEDIATE")
+            await connection.executemany(SQLITE_UPDATE, updates)
+            await connection.executemany(SQLITE_EVENT, new_events)
+            await connection.execute("COMMIT")
+            rounds += 1
+            executions += sum(1 for update in updates if update[12])
+            last = time.perf_counter()
+    return RawRun(executions, last - started, rounds)
+
+
+async def asyncpg_loop(connect_kwargs: dict[str, Any], workload: str, batch_size: int) -> RawRun:
+    """`asyncpg` directly, one connection: the driver under the daemon's PostgreSQL store."""
+    connection = await asyncpg.connect(**connect_kwargs)
+    try:
+        claim = await connection.prepare(PG_CLAIM)
+        columns = {attribute.name: i for i, attribute in enumerate(claim.get_attributes())}
+        rounds = executions = 0
+        started = time.perf_counter()
+        last = started
+        while True:
+            token, now = str(uuid.uuid4()), time.time()
+            async with connection.transaction():
+                rows = await claim.fetch(OWNER, token, now + LEASE_SECONDS, now, batch_size)
+            if not rows:
+                break
+            updates, new_events = decide(rows, columns, workload, token, time.time(), pg=True)
+            async with connection.transaction():
+                await connection.executemany(PG_UPDATE, updates)
+                await connection.executemany(PG_EVENT, new_events)
+            rounds += 1
+            executions += sum(1 for update in updates if update[12])
+            last = time.perf_counter()
+    finally:
+        await connection.close()
+    return RawRun(executions, last - started, rounds)

@@ -1,0 +1,68 @@
+"""Every benchmark scenario once, at a tiny size, so that `bench/` cannot rot.
+
+Benchmarks are not tests: no figure is checked here, only that each scenario still runs end to end
+(the daemon, the raw-SQL loops, the daemon as a process, the report) and reports something. The
+PostgreSQL half of each scenario runs when EXECUTOR_TEST_POSTGRES_URL is set, as for the store
+tests. The peers (pgqueuer, procrastinate) are bench-only extras: their scenario is skipped, and
+only it, where they are not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `pytest` run as a script does not put the checkout on the path
+    sys.path.insert(0, str(ROOT))
+
+from bench import peers, raw  # noqa: E402
+from bench.cli import run  # noqa: E402
+from bench.harness import SMOKE, Report  # noqa: E402
+from bench.scenarios import SCENARIOS  # noqa: E402
+from executor.core import Phase  # noqa: E402
+
+POSTGRES_URL = os.environ.get("EXECUTOR_TEST_POSTGRES_URL")
+
+
+def _run(scenario: str, tmp_path: Path) -> Report:
+    output = tmp_path / "BENCHMARKS.md"
+    report = asyncio.run(
+        run(SMOKE, [scenario], POSTGRES_URL, output, "smoke", quiet=True, workdir=tmp_path / "work")
+    )
+    assert report.measurements, f"scenario {scenario} measured nothing"
+    for measurement in report.measurements:
+        assert measurement.values, f"{measurement.subject}: {measurement.metric} has no value"
+    stores = {measurement.store for measurement in report.measurements}
+    assert "SQLite" in stores or scenario == "peers"
+    if POSTGRES_URL:
+        assert "PostgreSQL" in stores
+    text = output.read_text()
+    assert text.startswith("# Benchmarks") and "## Machine and versions" in text
+    return report
+
+
+@pytest.mark.parametrize("scenario", [name for name in SCENARIOS if name != "peers"])
+def test_scenario_runs(scenario: str, tmp_path: Path) -> None:
+    report = _run(scenario, tmp_path)
+    if scenario in ("one-round", "history", "memory", "latency"):
+        assert report.targets, f"scenario {scenario} checks no target"
+
+
+def test_peer_scenario_runs(tmp_path: Path) -> None:
+    missing = [reason for peer in (peers.PGQUEUER, peers.PROCRASTINATE) if (reason := peers.available(peer))]
+    if missing:
+        pytest.skip("; ".join(missing))
+    if not POSTGRES_URL:
+        pytest.skip("the peers run on PostgreSQL: EXECUTOR_TEST_POSTGRES_URL is not set")
+    report = _run("peers", tmp_path)
+    assert any(measurement.metric == "jobs/s" for measurement in report.measurements)
+    assert not report.skipped
+
+
+def test_raw_loops_store_the_daemons_phase_values() -> None:
+    assert (int(Phase.RUNNING), int(Phase.SUCCESS)) == (raw.RUNNING, raw.SUCCESS)
