@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import Row, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from executor.core import ExecutionError, Phase
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
@@ -94,8 +94,8 @@ class Store:
         self.dialect = dialect_for(engine.url.render_as_string(hide_password=False))
         # Write transactions take SQLite's write lock at BEGIN (see sqlite.py); PostgreSQL ignores it.
         self._writer = engine.execution_options(**{sqlite.BEGIN_OPTION: "IMMEDIATE"})
-        self._claim = text(self.dialect.claim_sql)
-        self._claim_pinned = text(self.dialect.claim_sql_pinned)
+        self._claim = _DriverSql(text(self.dialect.claim_sql), engine)
+        self._claim_pinned = _DriverSql(text(self.dialect.claim_sql_pinned), engine)
         self._round_sql = _RoundSql(self.dialect is postgres.DIALECT)
 
     @classmethod
@@ -195,7 +195,7 @@ class Store:
         if lease_now is not None:
             statement, params["lease_now"] = self._claim_pinned, lease_now
         async with self._writer.begin() as conn:
-            result = await conn.execute(statement, params)
+            result = await conn.exec_driver_sql(statement.sql, statement.parameters(params))
             rows = result.all()
         # RETURNING gives no order: restore the one the claim chose them by.
         return sorted((_record(row) for row in rows), key=lambda r: (-r.priority, r.next_round_at))
@@ -517,46 +517,134 @@ def _new_row(execution_id: str, submission: Submission, now: float) -> dict[str,
     }
 
 
-def _record(row: Row[Any]) -> ExecutionRecord:
+def _record(row: Sequence[Any]) -> ExecutionRecord:
+    """A whole row of `executions`, its columns in table order (see `_RECORD_COLUMNS`), as a record.
+
+    Unpacked by position: the claim reads whole batches of rows, and attribute access by name
+    cost more per row than building the record itself.
+    """
+    (
+        id_,
+        task_type,
+        inputs,
+        outputs,
+        labels,
+        priority,
+        phase,
+        phase_version,
+        reason,
+        error,
+        info,
+        plugin_state,
+        plugin_state_version,
+        attempt,
+        max_attempts,
+        system_failures,
+        event_seq,
+        rounds,
+        created_at,
+        updated_at,
+        next_round_at,
+        attempt_started_at,
+        finished_at,
+        abort_requested,
+        abort_reason,
+        finalized,
+        lease_owner,
+        lease_token,
+        lease_expires_at,
+        abort_owed,
+        finalize_failures,
+        finalize_error,
+        timeout,
+        deadline_at,
+        backoff_base,
+        backoff_max,
+        idempotency_key,
+    ) = row
     return ExecutionRecord(
-        id=row.id,
-        task_type=row.task_type,
-        inputs=json.loads(row.inputs),
-        outputs=json.loads(row.outputs) if row.outputs is not None else None,
-        labels=json.loads(row.labels),
-        priority=row.priority,
-        phase=Phase(row.phase),
-        phase_version=row.phase_version,
-        reason=row.reason,
-        error=ExecutionError.from_dict(json.loads(row.error)) if row.error else None,
-        info=json.loads(row.info) if row.info else None,
-        plugin_state=row.plugin_state,
-        plugin_state_version=row.plugin_state_version,
-        attempt=row.attempt,
-        max_attempts=row.max_attempts,
-        system_failures=row.system_failures,
-        event_seq=row.event_seq,
-        rounds=row.rounds,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        next_round_at=row.next_round_at,
-        attempt_started_at=row.attempt_started_at,
-        finished_at=row.finished_at,
-        abort_requested=bool(row.abort_requested),
-        abort_reason=row.abort_reason,
-        finalized=bool(row.finalized),
-        lease_owner=row.lease_owner,
-        lease_token=row.lease_token,
-        lease_expires_at=row.lease_expires_at,
-        abort_owed=bool(row.abort_owed),
-        finalize_failures=row.finalize_failures,
-        finalize_error=row.finalize_error,
-        timeout=row.timeout,
-        deadline_at=row.deadline_at,
-        backoff_base=row.backoff_base,
-        backoff_max=row.backoff_max,
-        idempotency_key=row.idempotency_key,
+        id=id_,
+        task_type=task_type,
+        inputs=json.loads(inputs),
+        outputs=json.loads(outputs) if outputs is not None else None,
+        labels=json.loads(labels),
+        priority=priority,
+        phase=Phase(phase),
+        phase_version=phase_version,
+        reason=reason,
+        error=ExecutionError.from_dict(json.loads(error)) if error else None,
+        info=json.loads(info) if info else None,
+        plugin_state=plugin_state,
+        plugin_state_version=plugin_state_version,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        system_failures=system_failures,
+        event_seq=event_seq,
+        rounds=rounds,
+        created_at=created_at,
+        updated_at=updated_at,
+        next_round_at=next_round_at,
+        attempt_started_at=attempt_started_at,
+        finished_at=finished_at,
+        abort_requested=bool(abort_requested),
+        abort_reason=abort_reason,
+        finalized=bool(finalized),
+        lease_owner=lease_owner,
+        lease_token=lease_token,
+        lease_expires_at=lease_expires_at,
+        abort_owed=bool(abort_owed),
+        finalize_failures=finalize_failures,
+        finalize_error=finalize_error,
+        timeout=timeout,
+        deadline_at=deadline_at,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        idempotency_key=idempotency_key,
     )
+
+
+#: The order `_record` unpacks a row in; the table's must match it (checked at import).
+_RECORD_COLUMNS = [
+    "id",
+    "task_type",
+    "inputs",
+    "outputs",
+    "labels",
+    "priority",
+    "phase",
+    "phase_version",
+    "reason",
+    "error",
+    "info",
+    "plugin_state",
+    "plugin_state_version",
+    "attempt",
+    "max_attempts",
+    "system_failures",
+    "event_seq",
+    "rounds",
+    "created_at",
+    "updated_at",
+    "next_round_at",
+    "attempt_started_at",
+    "finished_at",
+    "abort_requested",
+    "abort_reason",
+    "finalized",
+    "lease_owner",
+    "lease_token",
+    "lease_expires_at",
+    "abort_owed",
+    "finalize_failures",
+    "finalize_error",
+    "timeout",
+    "deadline_at",
+    "backoff_base",
+    "backoff_max",
+    "idempotency_key",
+]
+if [column.name for column in executions.columns] != _RECORD_COLUMNS:
+    raise RuntimeError("executions' columns changed: update _record and _RECORD_COLUMNS to match")
 
 
 def _event_row(event: EventRecord) -> dict[str, Any]:
@@ -606,6 +694,24 @@ _EVENT_COLUMNS = (
     "info",
     "occurred_at",
 )
+
+
+class _DriverSql:
+    """A `text()` statement compiled once to the driver's own SQL and positional parameters.
+
+    The claim returns whole rows for a batch; executed through SQLAlchemy, each row went through
+    its result processing. The SQL is the dialect's, unchanged (tests read it from there).
+    """
+
+    __slots__ = ("names", "sql")
+
+    def __init__(self, statement: TextClause, engine: AsyncEngine) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(values[name] for name in self.names)
 
 
 class _RoundSql:
