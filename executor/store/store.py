@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement, TextClause
@@ -24,7 +24,7 @@ from executor.core import ExecutionError, Phase
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
 from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
-from executor.store.tables import events, executions, resource_allocations
+from executor.store.tables import events, executions
 
 
 def _dumps(value: object) -> str:
@@ -217,25 +217,52 @@ class Store:
         """
         if not updates:
             return CommitResult(frozenset(), frozenset())
+        if self.dialect is sqlite.DIALECT:
+            try:
+                return await self._commit_round(token, updates, now, release_allocations_of, checked=False)
+            except _LeaseLostError:
+                pass  # rolled back: write it again, row by row as the lease check allows
+        return await self._commit_round(token, updates, now, release_allocations_of, checked=True)
+
+    async def _commit_round(
+        self,
+        token: str,
+        updates: Sequence[RecordUpdate],
+        now: float,
+        release_allocations_of: Collection[str],
+        *,
+        checked: bool,
+    ) -> CommitResult:
+        """`commit_round`, with the leases read first (`checked`), or fenced by the updates alone.
+
+        Unchecked, on SQLite only: its write transaction holds the database's one write lock from
+        BEGIN, and each update matches its row only while the row still holds `token`, so the
+        updates' row count says whether every lease held. When one did not, this raises
+        `_LeaseLostError` and the transaction rolls back; the checked commit then writes what it may.
+        """
         wanted = [update.record.id for update in updates]
         released: dict[str, int] = {}
+        sql = self._round_sql
         async with self._writer.begin() as conn:
-            kept = await self._still_leased(conn, token, wanted)
-            mine = [update for update in updates if update.record.id in kept]
+            if checked:
+                kept = await self._still_leased(conn, token, wanted)
+                mine = [update for update in updates if update.record.id in kept]
+            else:
+                kept, mine = set(wanted), list(updates)
             # Straight to the driver: these run once per row, and SQLAlchemy's processing of each
             # row's parameters cost more than the database's work (see `_RoundSql`).
+            written = 0
             for shape, rows in _grouped_updates(mine, token, now).items():
-                await conn.exec_driver_sql(self._round_sql.update(*shape), rows)
+                result = await conn.exec_driver_sql(sql.update(*shape), rows)
+                written += result.rowcount
+            if not checked and written != len(mine):
+                raise _LeaseLostError
             new_events = [_event_params(event) for update in mine for event in update.events]
             if new_events:
-                await conn.exec_driver_sql(self._round_sql.insert_event, new_events)
+                await conn.exec_driver_sql(sql.insert_event, new_events)
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:
-                result = await conn.execute(
-                    delete(resource_allocations)
-                    .where(resource_allocations.c.execution_id.in_(releasing))
-                    .returning(resource_allocations.c.execution_id)
-                )
+                result = await conn.exec_driver_sql(sql.release, (sql.id_list(releasing),))
                 for (execution_id,) in result:
                     released[execution_id] = released.get(execution_id, 0) + 1
         return CommitResult(frozenset(kept), frozenset(wanted) - kept, released)
@@ -353,10 +380,9 @@ class Store:
             return float((await conn.execute(text(f"SELECT {self.dialect.now_sql}"))).scalar_one())
 
     async def _still_leased(self, conn: AsyncConnection, token: str, ids: list[str]) -> set[str]:
-        query = select(executions.c.id).where(executions.c.id.in_(ids), executions.c.lease_token == token)
-        if self.dialect is postgres.DIALECT:
-            query = query.with_for_update()  # nobody may take these leases until we commit
-        result = await conn.execute(query)
+        # On PostgreSQL the SELECT locks the rows: nobody may take these leases until we commit.
+        sql = self._round_sql
+        result = await conn.exec_driver_sql(sql.still_leased, (sql.id_list(ids), token))
         return {row[0] for row in result}
 
     async def watch_changes(self, on_change: Callable[[], None], interval: float = 0.02) -> None:
@@ -714,6 +740,10 @@ class _DriverSql:
         return tuple(values[name] for name in self.names)
 
 
+class _LeaseLostError(Exception):
+    """A round's unchecked commit found a row whose lease another replica took (see `commit_round`)."""
+
+
 class _RoundSql:
     """The per-row statements of `commit_round`, as driver SQL with positional parameters.
 
@@ -731,6 +761,17 @@ class _RoundSql:
             f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
             f"VALUES ({', '.join(self._marks(1, len(_EVENT_COLUMNS)))})"
         )
+        # A list of ids is one parameter: an array for asyncpg, a JSON array SQLite's json_each reads.
+        # One statement text whatever the round's size, unlike an IN list of one parameter per id.
+        first, second = self._marks(1, 2)
+        ids_in = f"= ANY({first})" if numbered else f"IN (SELECT value FROM json_each({first}))"
+        lock = postgres.DIALECT.lock_suffix if numbered else ""
+        self.still_leased = f"SELECT id FROM executions WHERE id {ids_in} AND lease_token = {second}{lock}"
+        self.release = f"DELETE FROM resource_allocations WHERE execution_id {ids_in} RETURNING execution_id"
+
+    def id_list(self, ids: list[str]) -> Any:
+        """A list of ids as the one parameter `still_leased` and `release` take."""
+        return ids if self._numbered else _dumps(ids)
 
     def update(self, with_state: bool, with_outputs: bool) -> str:
         """The update of one shape of change; rows come from `_grouped_updates`, in this order:
