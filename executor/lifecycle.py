@@ -97,7 +97,7 @@ TIMEOUT_EXPIRED = "TimeoutExpired"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
-def expired(record: ExecutionRecord, now: float) -> Expired | None:
+def expired(record: ExecutionRecord | _Draft, now: float) -> Expired | None:
     """Whether a claimed, still running execution is past its deadline or its attempt's timeout.
 
     Checked before `handle` is called: an expired attempt is not handled again, it is ended (and
@@ -138,6 +138,32 @@ def policy_for(record: ExecutionRecord, policy: Policy) -> Policy:
 
 def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy) -> RecordUpdate:
     """The record and events that follow `outcome` for `record`, claimed and handled at `now`."""
+    draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
+    return RecordUpdate(draft.build(), events, state_changed, outputs_changed)
+
+
+def advance_and_clean_up(
+    record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy, cleanup: Cleanup
+) -> tuple[RecordUpdate, bool]:
+    """`advance`, and when that ends the attempt, `cleanup` recorded with it; True when it was.
+
+    The same update as `with_cleanup(advance(...), cleanup, ...)` when the attempt ends, else as
+    `advance(...)`: for a clean-up that runs nothing, known before the round, recorded in the
+    commit that ends the attempt. The record is built once, not once per step.
+    """
+    draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
+    if not draft.phase.is_terminal or draft.finalized:
+        return RecordUpdate(draft.build(), events, state_changed, outputs_changed), False
+    more, reset = _clean_up(draft, cleanup, now, policy)
+    update = RecordUpdate(draft.build(), events + more, state_changed or reset, outputs_changed or reset)
+    return update, True
+
+
+def _advanced(
+    record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy
+) -> tuple[_Draft, Events, bool, bool]:
+    """What `advance` decides: the draft of the next record, the events, whether state and
+    outputs changed."""
     started = record.attempt_started_at is not None or isinstance(outcome, Handled | SystemFault | Rejected)
     draft = _Draft(record, rounds=record.rounds + 1)
     if record.attempt_started_at is None:
@@ -145,7 +171,7 @@ def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Polic
     match outcome:
         case Handled():
             events = _handled(draft, outcome, now, policy)
-            return RecordUpdate(draft.build(), events, outcome.state is not None, outcome.outputs is not None)
+            return draft, events, outcome.state is not None, outcome.outputs is not None
         case SystemFault(code, message):
             events = _system_fault(draft, ExecutionError(code, message, ErrorKind.SYSTEM), now, policy)
         case Rejected(code, message):
@@ -170,7 +196,7 @@ def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Polic
             else:
                 failure = PhaseInfo(Phase.PERMANENT_FAILURE, reason=code, error=error)
                 events = _finish(draft, failure, now, abort=started)
-    return RecordUpdate(draft.build(), events)
+    return draft, events, False, False
 
 
 def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Policy) -> RecordUpdate:
@@ -181,33 +207,43 @@ def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Po
     requested meanwhile or the deadline passed. Not done: it is retried after a backoff of its own
     (the finalize failure count, separate from the attempt's system failures).
     """
-    draft = _Draft(record, abort_owed=record.abort_owed and not cleanup.aborted, updated_at=now)
+    draft = _Draft(record)
+    events, reset = _clean_up(draft, cleanup, now, policy)
+    return RecordUpdate(draft.build(), events, state_changed=reset, outputs_changed=reset)
+
+
+def _clean_up(draft: _Draft, cleanup: Cleanup, now: float, policy: Policy) -> tuple[Events, bool]:
+    """`cleaned_up` on a draft: the events, and whether state and outputs were cleared (a new attempt).
+
+    Every value read here is the draft's before this clean-up changed it (they are read first).
+    """
+    record_id, attempt, reason = draft.id, draft.attempt, draft.reason
+    draft.set(abort_owed=draft.abort_owed and not cleanup.aborted, updated_at=now)
     if not cleanup.finalized:
-        failures = record.finalize_failures + 1
-        delay = backoff_delay(record.id, failures, policy_for(record, policy))
+        failures = draft.finalize_failures + 1
+        delay = backoff_delay(record_id, failures, policy_for(draft.base, policy))
         draft.set(finalize_failures=failures, finalize_error=cleanup.error, next_round_at=now + delay)
-        return RecordUpdate(draft.build())
+        return (), False
     draft.set(finalized=True, finalize_error=None)
-    if record.phase.is_final:
-        return RecordUpdate(draft.build())
+    if draft.phase.is_final:
+        return (), False
     # A RETRYABLE_FAILURE whose attempt is cleaned up.
-    if record.abort_requested:
-        events = _finish(draft, PhaseInfo.aborted(record.abort_reason or "Aborted"), now, cleaned=True)
-        return RecordUpdate(draft.build(), events)
-    if record.deadline_at is not None and now >= record.deadline_at:
+    if draft.abort_requested:
+        events = _finish(draft, PhaseInfo.aborted(draft.abort_reason or "Aborted"), now, cleaned=True)
+        return events, False
+    if draft.deadline_at is not None and now >= draft.deadline_at:
         # The deadline is checked first, and the clean-up changed none of what it reads.
-        lapsed = expired(record, now)
+        lapsed = expired(draft, now)
         assert lapsed is not None
         failure = PhaseInfo(
             Phase.PERMANENT_FAILURE,
             reason=lapsed.code,
             error=ExecutionError(lapsed.code, lapsed.message, ErrorKind.USER),
         )
-        events = _finish(draft, failure, now, cleaned=True)
-        return RecordUpdate(draft.build(), events)
-    failed_code = record.reason or "RetryableFailure"
+        return _finish(draft, failure, now, cleaned=True), False
+    failed_code = reason or "RetryableFailure"
     draft.set(
-        attempt=record.attempt + 1,
+        attempt=attempt + 1,
         system_failures=0,
         finalize_failures=0,
         finalized=False,
@@ -216,14 +252,14 @@ def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Po
         outputs=None,
         attempt_started_at=None,
     )
-    delay = backoff_delay(record.id, record.attempt, policy_for(record, policy))
+    delay = backoff_delay(record_id, attempt, policy_for(draft.base, policy))
     events = _move(
         draft,
         PhaseInfo.queued(f"Retrying after {failed_code}"),
         now,
         next_round_at=_bounded(draft, now + delay),
     )
-    return RecordUpdate(draft.build(), events, state_changed=True, outputs_changed=True)
+    return events, True
 
 
 def with_cleanup(update: RecordUpdate, cleanup: Cleanup, now: float, policy: Policy) -> RecordUpdate:

@@ -283,11 +283,13 @@ class Reconciler:
         # this commit instead of a second one (see `_trivial_cleanup`).
         settled: set[str] = set()
         for record in active:
-            update = lifecycle.advance(record, _scrub_outcome(outcomes[record.id]), now, self._policy)
-            if update.record.phase.is_terminal and not update.record.finalized:
-                cleanup = _trivial_cleanup(self.plugins.for_task_type(record.task_type), update.record)
-                if cleanup is not None:
-                    update = lifecycle.with_cleanup(update, cleanup, now, self._policy)
+            outcome = _scrub_outcome(outcomes[record.id])
+            cleanup = _trivial_cleanup(self.plugins.for_task_type(record.task_type))
+            if cleanup is None:
+                update = lifecycle.advance(record, outcome, now, self._policy)
+            else:
+                update, cleaned = lifecycle.advance_and_clean_up(record, outcome, now, self._policy, cleanup)
+                if cleaned:
                     settled.add(record.id)
             updates.append(update)
         result = await self.store.commit_round(token, updates, now=now, release_allocations_of=settled)
@@ -354,7 +356,7 @@ class Reconciler:
         to_run: list[tuple[ExecutionRecord, Plugin | None]] = []
         for record in records:
             plugin = self.plugins.for_task_type(record.task_type)
-            trivial = _trivial_cleanup(plugin, record)
+            trivial = _trivial_cleanup(plugin)
             if trivial is None:
                 to_run.append((record, plugin))
             else:
@@ -509,17 +511,18 @@ def _timed_steps(
 _UNLIMITED = contextlib.nullcontext()
 
 
-def _trivial_cleanup(plugin: Plugin | None, record: ExecutionRecord) -> lifecycle.Cleanup | None:
-    """The outcome of `record`'s clean-up when it runs nothing of the plugin's, else None.
+def _trivial_cleanup(plugin: Plugin | None) -> lifecycle.Cleanup | None:
+    """The outcome of a clean-up by `plugin` when it runs nothing of the plugin's, else None.
 
-    That is when no plugin handles the task type any more, or when the plugin keeps the
-    contract's default `abort` and `finalize`, which do nothing. Such a clean-up is recorded
+    That is when no plugin handles the task type any more (nothing can run an `abort` owed, so
+    it stays owed: not aborted, yet finalized), or when the plugin keeps the contract's default
+    `abort` and `finalize`, which do nothing. Such a clean-up is recorded
     with the commit that ends the attempt: every guarantee of the clean-up holds (nothing of the
     plugin's can run before the phase is durable, be lost in a crash, or run on two replicas),
     and a one-round task costs one write transaction instead of two.
     """
     if plugin is None:
-        return lifecycle.Cleanup(aborted=not record.abort_owed, finalized=True)
+        return lifecycle.Cleanup(aborted=False, finalized=True)
     if _is_default(plugin.abort, Plugin.abort) and _is_default(plugin.finalize, Plugin.finalize):
         return lifecycle.Cleanup(aborted=True, finalized=True)
     return None

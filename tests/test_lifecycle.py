@@ -35,11 +35,13 @@ from executor.lifecycle import (
     Rejected,
     SystemFault,
     advance,
+    advance_and_clean_up,
     backoff_delay,
     cleaned_up,
     expired,
     finalized,
     policy_for,
+    with_cleanup,
 )
 
 T0 = 1_700_000_000.0
@@ -871,3 +873,50 @@ def test_advance_depends_only_on_its_arguments(steps: list[tuple[Outcome, float]
         return updates
 
     assert run() == run()
+
+
+cleanups = st.builds(
+    Cleanup,
+    aborted=st.booleans(),
+    finalized=st.booleans(),
+    error=st.one_of(st.none(), st.just("finalize raised")),
+)
+
+
+@given(
+    steps=st.lists(st.tuples(outcomes, clock_jumps, cleanups), min_size=1, max_size=15),
+    policy=policies,
+    max_attempts=st.integers(min_value=1, max_value=4),
+    deadline=st.one_of(st.none(), st.floats(min_value=0, max_value=100)),
+    abort_requested=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_advance_and_clean_up_is_advance_then_with_cleanup(
+    steps: list[tuple[Outcome, float, Cleanup]],
+    policy: Policy,
+    max_attempts: int,
+    deadline: float | None,
+    abort_requested: bool,
+) -> None:
+    """One call, one record built: the same update as `advance`, then `with_cleanup` when the
+    attempt ended, whatever the clean-up achieved."""
+    record = replace(
+        submitted("same", max_attempts=max_attempts),
+        deadline_at=T0 + deadline if deadline is not None else None,
+    )
+    now = T0
+    for index, (outcome, jump, cleanup) in enumerate(steps):
+        now = max(now + jump, T0)
+        if index == len(steps) // 2 and abort_requested and not record.phase.is_final:
+            record = replace(record, abort_requested=True, abort_reason="stop")
+        if record.phase.is_terminal:
+            record = cleaned_up(record, Cleanup(True, True), now, policy).record
+            if record.finalized:
+                break
+            continue
+        update, settled = advance_and_clean_up(record, outcome, now, policy, cleanup)
+        plain = advance(record, outcome, now, policy)
+        ended = plain.record.phase.is_terminal and not plain.record.finalized
+        assert settled == ended
+        assert update == (with_cleanup(plain, cleanup, now, policy) if ended else plain)
+        record = plain.record
