@@ -68,9 +68,9 @@ class NoPlugin:
 
 @dataclass(frozen=True, slots=True)
 class AbortRequested:
+    """The plugin's `abort` runs afterwards, in the clean-up, and is retried there if it raises."""
+
     reason: str
-    #: Set when the plugin's `abort` raised; the execution ends ABORTED all the same.
-    abort_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +180,9 @@ def _advanced(
             known_text = ", ".join(known) if known else "none"
             message = f"no plugin handles task type {task_type!r}; known task types: {known_text}"
             events = _finish(draft, PhaseInfo.system_failure("UnknownTaskType", message), now)
-        case AbortRequested(reason, abort_error):
-            info = PhaseInfo.aborted(reason)
-            if abort_error is not None:
-                # The caller already ran `abort` (and it raised): it is not owed again.
-                error = ExecutionError("AbortFailed", abort_error, ErrorKind.SYSTEM)
-                events = _finish(draft, replace(info, error=error), now)
-            else:
-                # Nothing ever ran in this attempt: nothing to stop, so `abort` is not owed.
-                events = _finish(draft, info, now, abort=started)
+        case AbortRequested(reason):
+            # An attempt that never ran has nothing to stop, so `abort` is owed only once it started.
+            events = _finish(draft, PhaseInfo.aborted(reason), now, abort=started)
         case Expired(code, message):
             error = ExecutionError(code, message, ErrorKind.USER)
             if code == TIMEOUT_EXPIRED:
@@ -272,12 +266,6 @@ def with_cleanup(update: RecordUpdate, cleanup: Cleanup, now: float, policy: Pol
         state_changed=update.state_changed or cleaned.state_changed,
         outputs_changed=update.outputs_changed or cleaned.outputs_changed,
     )
-
-
-def finalized(record: ExecutionRecord, *, succeeded: bool, now: float, policy: Policy) -> ExecutionRecord:
-    """The record after `finalize` ran for a finished execution (no `abort` owed): see `cleaned_up`."""
-    cleanup = Cleanup(aborted=True, finalized=succeeded, error=None if succeeded else "finalize failed")
-    return cleaned_up(record, cleanup, now, policy).record
 
 
 def backoff_delay(execution_id: str, failures: int, policy: Policy) -> float:

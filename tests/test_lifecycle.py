@@ -39,7 +39,6 @@ from executor.lifecycle import (
     backoff_delay,
     cleaned_up,
     expired,
-    finalized,
     policy_for,
     with_cleanup,
 )
@@ -418,17 +417,16 @@ def test_abort_ends_aborted_and_owes_abort_only_when_the_attempt_had_started() -
     assert (clean.phase, clean.reason, clean.error) == (Phase.ABORTED, "user asked", None)
     assert clean.finished_at == T0 + 1
     assert clean.abort_owed
-    failed = advance(running, AbortRequested("user asked", abort_error="abort raised X"), T0 + 1, POLICY)
-    assert failed.record.phase is Phase.ABORTED
-    assert failed.record.error == ExecutionError("AbortFailed", "abort raised X", ErrorKind.SYSTEM)
 
 
 def test_finalized_marks_done_or_backs_off() -> None:
     done = advance(submitted(), handled(PhaseInfo.success()), T0, POLICY).record
-    ok = finalized(done, succeeded=True, now=T0 + 1, policy=POLICY)
+    ok = cleaned_up(done, Cleanup(aborted=True, finalized=True), T0 + 1, POLICY).record
     assert ok.finalized
     assert replace(ok, updated_at=done.updated_at, finalized=False) == done
-    retry = finalized(done, succeeded=False, now=T0 + 1, policy=POLICY)
+    retry = cleaned_up(
+        done, Cleanup(aborted=True, finalized=False, error="finalize failed"), T0 + 1, POLICY
+    ).record
     assert not retry.finalized
     assert retry.phase is Phase.SUCCESS
     assert retry.finalize_failures == done.finalize_failures + 1
@@ -669,10 +667,10 @@ def _check_step(
             assert new.error is not None and repr(task_type) in new.error.message
             assert all(k in new.error.message for k in known)
             assert not new.abort_owed  # no plugin to call
-        case AbortRequested(reason, abort_error):
+        case AbortRequested(reason):
             assert (new.phase, new.reason) == (Phase.ABORTED, reason)
-            assert (new.error is None) == (abort_error is None)
-            assert new.abort_owed == (abort_error is None and prev.attempt_started_at is not None)
+            assert new.error is None
+            assert new.abort_owed == (prev.attempt_started_at is not None)
         case Expired(code):
             if code == "DeadlineExceeded":
                 assert (new.phase, new.reason) == (Phase.PERMANENT_FAILURE, code)
