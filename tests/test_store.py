@@ -194,7 +194,9 @@ async def test_finalized_rows_are_never_claimed(store: Store) -> None:
     record = await claim_one(store, "t1", T0)
     update = moved(record, Phase.SUCCESS, T0 + 1)
     await store.commit_round("t1", [update], now=T0 + 1)
-    result = await store.record_finalized("t1", [replace(update.record, finalized=True)])
+    result = await store.commit_round(
+        "t1", [RecordUpdate(replace(update.record, finalized=True))], now=T0 + 2
+    )
     assert result.committed == {execution_id}
     assert await claim(store, "t2", T0 + 10_000) == []
     assert await store.next_due_at() is None
@@ -359,7 +361,9 @@ async def test_a_final_record_keeps_its_lease_until_finalized(store: Store) -> N
     assert (stored.lease_owner, stored.lease_token, stored.lease_expires_at) == ("replica-a", "t1", T0 + TTL)
     assert await claim(store, "t2", T0 + 2) == []  # nobody else runs finalize meanwhile
 
-    result = await store.record_finalized("t1", [replace(update.record, finalized=True, updated_at=T0 + 2)])
+    result = await store.commit_round(
+        "t1", [RecordUpdate(replace(update.record, finalized=True, updated_at=T0 + 2))], now=T0 + 2
+    )
 
     assert result == CommitResult(frozenset({execution_id}), frozenset())
     stored = await must_get(store, execution_id)
@@ -378,7 +382,7 @@ async def test_a_final_record_whose_lease_expired_is_claimed_again_for_finalize(
         owner="b", token="t2", limit=10, lease_ttl=TTL, now=T0 + TTL + 1, lease_now=T0 + TTL + 1
     )
     assert again.id == execution_id and again.phase is Phase.PERMANENT_FAILURE and not again.finalized
-    lost = await store.record_finalized("t1", [replace(again, finalized=True)])
+    lost = await store.commit_round("t1", [RecordUpdate(replace(again, finalized=True))], now=T0 + 2)
     assert lost == CommitResult(frozenset(), frozenset({execution_id}))
     assert not (await must_get(store, execution_id)).finalized
 
@@ -392,7 +396,7 @@ async def test_a_failed_finalize_releases_the_lease_and_retries_later(store: Sto
     retry = replace(
         update.record, finalize_failures=1, finalize_error="boom", next_round_at=T0 + 10, updated_at=T0 + 2
     )
-    await store.record_finalized("t1", [retry])
+    await store.commit_round("t1", [RecordUpdate(retry)], now=T0 + 2)
 
     stored = await must_get(store, execution_id)
     assert not stored.finalized and stored.next_round_at == T0 + 10
@@ -432,7 +436,7 @@ async def test_next_due_at(store: Store) -> None:
     assert record.id == done
     update = moved(record, Phase.SUCCESS, T0 + 1)
     await store.commit_round("t1", [update], now=T0 + 1)
-    await store.record_finalized("t1", [replace(update.record, finalized=True)])
+    await store.commit_round("t1", [RecordUpdate(replace(update.record, finalized=True))], now=T0 + 2)
     assert await store.next_due_at() == T0 + 20
     assert late in {r.id for r in await store.list_executions()}
 
@@ -477,7 +481,9 @@ async def _finish(store: Store, execution_id: str, phase: Phase, at: float, *, f
     update = moved(record, phase, at + 0.5)
     await store.commit_round(f"tok-{execution_id[:8]}", [update], now=at + 0.5)
     if finalize:
-        await store.record_finalized(f"tok-{execution_id[:8]}", [replace(update.record, finalized=True)])
+        await store.commit_round(
+            f"tok-{execution_id[:8]}", [RecordUpdate(replace(update.record, finalized=True))], now=T0 + 2
+        )
 
 
 async def test_list_executions_filters(store: Store) -> None:
@@ -635,7 +641,6 @@ async def test_empty_batches_and_unknown_ids(store: Store) -> None:
     unknown = "00000000-0000-0000-0000-000000000000"
     assert await store.submit_many([], now=T0) == []
     assert await store.commit_round("t", [], now=T0) == CommitResult(frozenset(), frozenset())
-    assert await store.record_finalized("t", []) == CommitResult(frozenset(), frozenset())
     await store.release_leases("t", [])
     assert await store.get(unknown) is None
     assert await store.events(unknown) == []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement, TextClause
@@ -266,46 +266,6 @@ class Store:
                 for (execution_id,) in result:
                     released[execution_id] = released.get(execution_id, 0) + 1
         return CommitResult(frozenset(kept), frozenset(wanted) - kept, released)
-
-    async def record_finalized(self, token: str, records: Sequence[ExecutionRecord]) -> CommitResult:
-        """Store the outcome of `finalize` (see `lifecycle.finalized`) and release the leases."""
-        if not records:
-            return CommitResult(frozenset(), frozenset())
-        wanted = [record.id for record in records]
-        statement = (
-            update(executions)
-            .where(executions.c.id == bindparam("_id"), executions.c.lease_token == bindparam("_token"))
-            .values(
-                finalized=bindparam("v_finalized"),
-                abort_owed=bindparam("v_abort_owed"),
-                finalize_failures=bindparam("v_finalize_failures"),
-                finalize_error=bindparam("v_finalize_error"),
-                next_round_at=bindparam("v_next_round_at"),
-                updated_at=bindparam("v_updated_at"),
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-        )
-        rows = [
-            {
-                "_id": record.id,
-                "_token": token,
-                "v_finalized": record.finalized,
-                "v_abort_owed": record.abort_owed,
-                "v_finalize_failures": record.finalize_failures,
-                "v_finalize_error": record.finalize_error,
-                "v_next_round_at": record.next_round_at,
-                "v_updated_at": record.updated_at,
-            }
-            for record in records
-        ]
-        async with self._writer.begin() as conn:
-            kept = await self._still_leased(conn, token, wanted)
-            mine = [row for row in rows if row["_id"] in kept]
-            if mine:
-                await conn.execute(statement, mine)
-        return CommitResult(frozenset(kept), frozenset(wanted) - kept)
 
     async def release_leases(self, token: str, ids: Iterable[str]) -> None:
         """Give up leases without writing a round (shutdown): other replicas may claim at once."""
