@@ -12,12 +12,16 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from executor.store import Store
 from executor.store.migrate import upgrade
+
+if TYPE_CHECKING:
+    from tests.webapi_support import JobServer
 
 POSTGRES_URL = os.environ.get("EXECUTOR_TEST_POSTGRES_URL")
 
@@ -104,3 +108,15 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+def server() -> Iterator[JobServer]:
+    """A local HTTP job service for the remote-service plugin tests (see tests/webapi_support.py)."""
+    from tests.webapi_support import JobServer
+
+    job_server = JobServer().start()
+    try:
+        yield job_server
+    finally:
+        job_server.stop()

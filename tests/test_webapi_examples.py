@@ -3,8 +3,6 @@ exactly as a daemon would load them, driven through the real loop over a real SQ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from executor.core import Phase
@@ -19,15 +17,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def database_url(sqlite_url: str) -> str:
     return sqlite_url
-
-
-@pytest.fixture
-def server() -> Iterator[JobServer]:
-    server = JobServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_the_examples_directory_registers_both_plugins() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,15 +27,6 @@ pytestmark = pytest.mark.anyio
 def database_url(sqlite_url: str) -> str:
     """The kit is about remote calls, not dialects: SQLite only."""
     return sqlite_url
-
-
-@pytest.fixture
-def server() -> Iterator[JobServer]:
-    server = JobServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 FAST = {"resync_interval": 0.05, "create_backoff_base": 0.5, "create_backoff_max": 5.0}

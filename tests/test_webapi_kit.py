@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -105,15 +104,6 @@ def test_config_overrides_are_validated() -> None:
 @pytest.fixture
 def database_url(sqlite_url: str) -> str:
     return sqlite_url
-
-
-@pytest.fixture
-def server() -> Iterator[JobServer]:
-    server = JobServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.anyio
