@@ -21,7 +21,7 @@ from executor.core import Phase
 from executor.daemon import setup_plugins
 from executor.logging import configure_logging
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler, RoundStats
+from executor.reconciler import NullObserver, Reconciler, RoundStats
 from executor.settings import Settings, load_settings
 from executor.store import Store
 
@@ -61,7 +61,7 @@ class DaemonRun:
     full_round_seconds: list[float] = field(default_factory=list)
 
 
-class _Counter:
+class _Counter(NullObserver):
     """Observes the loop: times each round and stops the loop once every execution is finalized."""
 
     def __init__(self, expected: int, batch_size: int) -> None:
@@ -84,18 +84,6 @@ class _Counter:
         done = self.finalized >= self.expected or not stats.claimed
         if done and self.reconciler is not None:
             self.reconciler.stop()
-
-    def handle_finished(self, plugin_id: str, outcome: str, seconds: float) -> None:
-        pass
-
-    def loop_blocked(self, plugin_id: str, seconds: float) -> None:
-        pass
-
-    def woken(self) -> None:
-        pass
-
-    def store_error(self) -> None:
-        pass
 
 
 async def drive(url: str, expected: int, plugins_dir: Path, batch_size: int) -> DaemonRun:

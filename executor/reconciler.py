@@ -84,7 +84,9 @@ class RoundObserver(Protocol):
     def store_error(self) -> None: ...
 
 
-class _NoObserver:
+class NullObserver:
+    """Observes nothing; subclass it to hear only some of what the loop reports."""
+
     def round_finished(self, stats: RoundStats, seconds: float) -> None:
         pass
 
@@ -149,7 +151,7 @@ class Reconciler:
         self._quotas_registered = False
         self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir, on_read=REDACTOR.add)
         self._log = get_logger(replica=settings.replica_id)
-        self.observer: RoundObserver = observer or _NoObserver()
+        self.observer: RoundObserver = observer or NullObserver()
         self._in_flight: tuple[str, list[str]] | None = None
 
     # -- the loop -----------------------------------------------------------------------------
