@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import time
 import types
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ import anyio
 from executor import lifecycle
 from executor.core import (
     ExecutionError,
+    Logger,
     Phase,
     PhaseInfo,
     Plugin,
@@ -259,34 +261,18 @@ class Reconciler:
         # An attempt that ended earlier and still owes its clean-up gets that, not `handle`.
         awaiting_cleanup = [record for record in claimed if record.phase.is_terminal]
         active = [record for record in claimed if not record.phase.is_terminal]
-        outcomes: dict[str, lifecycle.Outcome] = {}
-        # The limiter only matters when a round holds more executions than may run at once.
-        limiter = self._limiter if len(active) > self.settings.max_parallelism else _UNLIMITED
-
-        async def work(record: ExecutionRecord) -> None:
-            async with limiter:
-                started = time.perf_counter()
-                outcome = await self._outcome(record, number)
-                outcomes[record.id] = outcome
-                plugin = self.plugins.for_task_type(record.task_type)
-                self.observer.handle_finished(
-                    plugin.id if plugin is not None else "",
-                    _OUTCOME_LABELS[type(outcome)],
-                    time.perf_counter() - started,
-                )
-
-        async with anyio.create_task_group() as group:
-            for record in active:
-                group.start_soon(work, record)
+        plugins = self._plugins_of(claimed)
+        outcomes = await self._outcomes(number, active, plugins)
 
         now = self.clock()
         updates = []
         # Attempts that ended with a clean-up that runs nothing of the plugin's: recorded with
         # this commit instead of a second one (see `_trivial_cleanup`).
         settled: set[str] = set()
-        for record in active:
-            outcome = _scrub_outcome(outcomes[record.id])
-            cleanup = _trivial_cleanup(self.plugins.for_task_type(record.task_type))
+        cleanups = {task_type: _trivial_cleanup(plugin) for task_type, plugin in plugins.items()}
+        for record, raw_outcome in zip(active, outcomes, strict=True):
+            outcome = _scrub_outcome(raw_outcome)
+            cleanup = cleanups[record.task_type]
             if cleanup is None:
                 update = lifecycle.advance(record, outcome, now, self._policy)
             else:
@@ -314,38 +300,119 @@ class Reconciler:
         )
         return RoundStats(number, len(claimed), len(result.committed), len(result.lost), finalized)
 
-    async def _outcome(self, record: ExecutionRecord, number: int) -> lifecycle.Outcome:
-        plugin = self.plugins.for_task_type(record.task_type)
+    def _plugins_of(self, records: list[ExecutionRecord]) -> dict[str, Plugin | None]:
+        """The plugin of each task type in the round, resolved once per type, not per execution."""
+        found: dict[str, Plugin | None] = {}
+        for record in records:
+            if record.task_type not in found:
+                found[record.task_type] = self.plugins.for_task_type(record.task_type)
+        return found
+
+    async def _outcomes(
+        self, number: int, records: list[ExecutionRecord], plugins: dict[str, Plugin | None]
+    ) -> list[lifecycle.Outcome]:
+        """What happened to each record this round, in order: decided without the plugin when it
+        can be (an abort, an expiry, no plugin), else by `handle`, all of them at once.
+
+        Each `handle` runs in a plain asyncio task under one deadline for the round: an anyio task
+        group with a timeout scope per execution cost more than the rest of a one-round task
+        together. The deadline is the same per execution, since they all start together; when a
+        round holds more executions than may run at once, each waits its turn and has its own.
+        """
+        outcomes: list[lifecycle.Outcome | None] = []
+        calls: list[tuple[int, Plugin, TaskExecContext]] = []
+        now = self.clock()
+        for record in records:
+            plugin = plugins[record.task_type]
+            decided = self._decided_without_plugin(record, plugin, now)
+            if decided is None and plugin is not None:
+                calls.append((len(outcomes), plugin, self._context(record, plugin, number)))
+            elif decided is not None:
+                label = _OUTCOME_LABELS[type(decided)]
+                self.observer.handle_finished(plugin.id if plugin is not None else "", label, 0.0)
+            outcomes.append(decided)
+        if calls:
+            limit = self.settings.max_parallelism
+            handled = await (self._handle_all(calls) if len(calls) <= limit else self._handle_limited(calls))
+            for (index, _, _), outcome in zip(calls, handled, strict=True):
+                outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _decided_without_plugin(
+        self, record: ExecutionRecord, plugin: Plugin | None, now: float
+    ) -> lifecycle.Outcome | None:
         if record.abort_requested:
             # The plugin's `abort` (when the attempt had started), then `finalize`, run in the clean-up.
             return lifecycle.AbortRequested(record.abort_reason or "Aborted")
-        lapsed = lifecycle.expired(record, self.clock())
+        lapsed = lifecycle.expired(record, now)
         if lapsed is not None:
             return lapsed  # not handled again: its clean-up stops whatever still runs
         if plugin is None:
             return lifecycle.NoPlugin(record.task_type, tuple(self.plugins.task_types))
-        tctx = self._context(record, plugin, number)
+        return None
+
+    async def _handle_all(self, calls: list[tuple[int, Plugin, TaskExecContext]]) -> list[lifecycle.Outcome]:
+        """Every `handle` at once, cancelled together when the round's deadline passes."""
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._handle(plugin, tctx)) for _, plugin, tctx in calls]
         try:
-            with anyio.fail_after(self._handle_timeout) as deadline:
-                returned = await self._call(plugin, plugin.handle, tctx)
+            _, late = await asyncio.wait(tasks, timeout=self._handle_timeout)
+        except BaseException:
+            # The round itself was cancelled (shutdown): its plugin calls go with it.
+            await _cancel_and_wait(tasks)
+            raise
+        if late:
+            await _cancel_and_wait(late)
+        return [
+            self._timed_out(plugin, tctx) if task in late else task.result()
+            for task, (_, plugin, tctx) in zip(tasks, calls, strict=True)
+        ]
+
+    async def _handle_limited(
+        self, calls: list[tuple[int, Plugin, TaskExecContext]]
+    ) -> list[lifecycle.Outcome]:
+        """At most EXECUTOR_MAX_PARALLELISM `handle` calls at once, each with its own deadline."""
+        slots = asyncio.Semaphore(self.settings.max_parallelism)
+
+        async def one(plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+            async with slots:
+                try:
+                    async with asyncio.timeout(self._handle_timeout):
+                        return await self._handle(plugin, tctx)
+                except TimeoutError:
+                    return self._timed_out(plugin, tctx)
+
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(one(plugin, tctx)) for _, plugin, tctx in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            await _cancel_and_wait(tasks)
+            raise
+
+    async def _handle(self, plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+        """`handle`, and what it came to: a transition, or why it was not one."""
+        started = time.perf_counter()
+        try:
+            returned = await self._call(plugin, plugin.handle, tctx)
         except PluginStateError as err:
-            return lifecycle.Rejected("PluginStateUnreadable", str(err))
+            outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
         except Exception as err:
-            if isinstance(err, TimeoutError) and deadline.cancel_called:
-                return lifecycle.SystemFault(
-                    "HandleTimeout",
-                    f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
-                )
             # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
             tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
-            return lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
-        invalid = _transition_problem(returned)
-        if invalid is not None:
-            return lifecycle.Rejected("InvalidTransition", invalid)
-        for problem in (tctx.state.problem, tctx.output_writer.problem):
-            if problem is not None:
-                return lifecycle.Rejected(*problem)
-        return lifecycle.Handled(returned, tctx.state.change, tctx.output_writer.outputs)
+            outcome = lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+        else:
+            outcome = _handled(returned, tctx)
+        seconds = time.perf_counter() - started
+        self.observer.handle_finished(plugin.id, _OUTCOME_LABELS[type(outcome)], seconds)
+        return outcome
+
+    def _timed_out(self, plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+        self.observer.handle_finished(plugin.id, "system_fault", self._handle_timeout)
+        return lifecycle.SystemFault(
+            "HandleTimeout",
+            f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
+        )
 
     async def _cleanup(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
         """For each attempt that ended: the plugin's `abort` when owed, then `finalize`, then release
@@ -454,17 +521,21 @@ class Reconciler:
         return await _timed_steps(coroutine, blocked)
 
     def _context(self, record: ExecutionRecord, plugin: Plugin, number: int) -> TaskExecContext:
+        def logger() -> Logger:
+            bound: Logger = self._log.bind(
+                execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
+            )
+            return bound
+
         return TaskExecContext(
             record,
             properties=plugin.properties,
             max_state_bytes=self.settings.max_plugin_state_bytes,
-            resource_manager=self._quotas.for_execution(record.id),
+            resource_manager=functools.partial(self._quotas.for_execution, record.id),
             secret_manager=self._secrets,
             output_model=self.plugins.resolver.output_model_for(record.task_type),
             max_payload_bytes=self.settings.max_payload_bytes,
-            logger=self._log.bind(
-                execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
-            ),
+            logger=logger,
         )
 
     def _log_transitions(self, number: int, updates: list[RecordUpdate], committed: frozenset[str]) -> None:
@@ -511,6 +582,28 @@ def _timed_steps(
 
 #: Stands in for the limiter when a round holds no more executions than may run at once.
 _UNLIMITED = contextlib.nullcontext()
+
+
+async def _cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel plugin calls and wait until they have stopped, whatever cancels the caller meanwhile:
+    no call of a round may outlive it."""
+    for task in tasks:
+        task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait(tasks)
+
+
+def _handled(returned: object, tctx: TaskExecContext) -> lifecycle.Outcome:
+    """What `handle` returned, checked: a malformed transition, or state or outputs that cannot be
+    stored, fail this execution alone."""
+    invalid = _transition_problem(returned)
+    if invalid is not None:
+        return lifecycle.Rejected("InvalidTransition", invalid)
+    for problem in (tctx.state.problem, tctx.output_writer.problem):
+        if problem is not None:
+            return lifecycle.Rejected(*problem)
+    assert isinstance(returned, Transition)  # checked by _transition_problem
+    return lifecycle.Handled(returned, tctx.state.change, tctx.output_writer.outputs)
 
 
 def _trivial_cleanup(plugin: Plugin | None) -> lifecycle.Cleanup | None:

@@ -123,19 +123,27 @@ class SecretManager:
 
 
 class TaskExecContext:
-    """The real `TaskExecutionContext` of one execution in one round."""
+    """The real `TaskExecutionContext` of one execution in one round.
+
+    Built for every execution of every round, and most plugins read only their inputs and state:
+    the metadata, the bound logger and the resource manager are made on first use.
+    """
 
     __slots__ = (
+        "_logger",
+        "_make_logger",
+        "_make_resources",
+        "_metadata",
+        "_properties",
+        "_record",
+        "_resources",
         "input_reader",
         "lease_token",
-        "logger",
         "output_writer",
         "plugin_state_reader",
         "plugin_state_writer",
-        "resource_manager",
         "secret_manager",
         "state",
-        "task_execution_metadata",
     )
 
     def __init__(
@@ -144,31 +152,55 @@ class TaskExecContext:
         *,
         properties: PluginProperties,
         max_state_bytes: int,
-        resource_manager: ResourceManager,
+        resource_manager: Callable[[], ResourceManager],
         secret_manager: SecretManager,
-        logger: Logger,
+        logger: Callable[[], Logger],
         output_model: type[BaseModel] | None = None,
         max_payload_bytes: int | None = None,
     ) -> None:
-        generated_name = f"{record.id}-{record.attempt}"
-        if properties.generated_name_max_length is not None:
-            generated_name = generated_name[-properties.generated_name_max_length :]
-        self.task_execution_metadata = TaskExecutionMetadata(
-            execution_id=record.id,
-            task_type=record.task_type,
-            attempt=record.attempt,
-            created_at=datetime.fromtimestamp(record.created_at, UTC),
-            labels=record.labels,
-            generated_name=generated_name,
-        )
+        self._record = record
+        self._properties = properties
+        self._metadata: TaskExecutionMetadata | None = None
+        self._make_logger = logger
+        self._logger: Logger | None = None
+        self._make_resources = resource_manager
+        self._resources: ResourceManager | None = None
         self.input_reader = InputReader(record.inputs)
         self.output_writer = OutputWriter(output_model, max_payload_bytes)
         self.state = PluginStateManager(record.plugin_state, record.plugin_state_version, max_state_bytes)
         self.plugin_state_reader = self.state
         self.plugin_state_writer = self.state
-        self.resource_manager = resource_manager
         self.secret_manager = secret_manager
-        self.logger = logger
         #: The lease this round holds the execution under. Not part of the plugin contract: the
         #: fencing tests record it to prove that no two replicas commit the same round.
         self.lease_token = record.lease_token
+
+    @property
+    def task_execution_metadata(self) -> TaskExecutionMetadata:
+        if self._metadata is None:
+            record = self._record
+            generated_name = f"{record.id}-{record.attempt}"
+            max_length = self._properties.generated_name_max_length
+            if max_length is not None:
+                generated_name = generated_name[-max_length:]
+            self._metadata = TaskExecutionMetadata(
+                execution_id=record.id,
+                task_type=record.task_type,
+                attempt=record.attempt,
+                created_at=datetime.fromtimestamp(record.created_at, UTC),
+                labels=record.labels,
+                generated_name=generated_name,
+            )
+        return self._metadata
+
+    @property
+    def logger(self) -> Logger:
+        if self._logger is None:
+            self._logger = self._make_logger()
+        return self._logger
+
+    @property
+    def resource_manager(self) -> ResourceManager:
+        if self._resources is None:
+            self._resources = self._make_resources()
+        return self._resources
