@@ -27,9 +27,10 @@ from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
 from executor.store.tables import events, executions
 
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+#: `json.dumps(value, separators=(",", ":"), allow_nan=False)`, with the encoder made once: with
+#: any argument but the value, `json.dumps` builds a new encoder on every call, which cost more
+#: than encoding a small object. A commit encodes the outputs of every execution in its round.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -707,17 +708,7 @@ if [column.name for column in executions.columns] != _RECORD_COLUMNS:
 
 
 def _event_row(event: EventRecord) -> dict[str, Any]:
-    return {
-        "execution_id": event.execution_id,
-        "seq": event.seq,
-        "attempt": event.attempt,
-        "phase": int(event.phase),
-        "phase_version": event.phase_version,
-        "reason": event.reason,
-        "error": _dumps(event.error.to_dict()) if event.error else None,
-        "info": _dumps(event.info) if event.info is not None else None,
-        "occurred_at": event.occurred_at,
-    }
+    return dict(zip(_EVENT_COLUMNS, _event_params(event), strict=True))
 
 
 _ALWAYS_WRITTEN = (
@@ -849,46 +840,82 @@ def _grouped_updates(
     updates: Sequence[RecordUpdate], token: str, now: float
 ) -> dict[tuple[bool, bool], list[tuple[Any, ...]]]:
     """The rows of one executemany per shape of change (see `_RoundSql.update`): state and
-    outputs are written only when they changed."""
+    outputs are written only when they changed.
+
+    Each row is built as one tuple, reading each attribute once: this runs for every execution
+    of every round.
+    """
     groups: dict[tuple[bool, bool], list[tuple[Any, ...]]] = {}
     for item in updates:
         record = item.record
+        phase = record.phase
+        terminal = phase in _TERMINAL
         # An attempt that just ended keeps its lease for the clean-up this round runs next, so no
         # other replica runs `abort`/`finalize` meanwhile; a clean-up that failed lets it go.
-        keep_lease = record.phase.is_terminal and not record.finalized and record.finalize_failures == 0
-        row: tuple[Any, ...] = (
-            int(record.phase),
+        finalized, finalize_failures = record.finalized, record.finalize_failures
+        keep_lease = terminal and not finalized and finalize_failures == 0
+        error, info, updated_at = record.error, record.info, record.updated_at
+        heavy: tuple[Any, ...] = ()
+        if item.state_changed:
+            heavy = (record.plugin_state, record.plugin_state_version)
+        if item.outputs_changed:
+            outputs = record.outputs
+            heavy += (_dumps(outputs) if outputs is not None else None,)
+        next_round_at = record.next_round_at
+        row = (
+            _PHASE_VALUE[phase],
             record.phase_version,
             record.reason,
-            _dumps(record.error.to_dict()) if record.error else None,
-            _dumps(record.info) if record.info is not None else None,
+            _dumps(error.to_dict()) if error else None,
+            _dumps(info) if info is not None else None,
             record.attempt,
             record.system_failures,
             record.event_seq,
             record.rounds,
-            record.updated_at if record.updated_at is not None else now,
+            updated_at if updated_at is not None else now,
             record.attempt_started_at,
             record.finished_at,
             record.lease_owner if keep_lease else None,
             token if keep_lease else None,
             record.lease_expires_at if keep_lease else None,
-            record.finalized,
+            finalized,
             record.abort_owed,
-            record.finalize_failures,
+            finalize_failures,
             record.finalize_error,
+            *heavy,
+            # An abort requested meanwhile wakes a running execution, not one owing its clean-up.
+            next_round_at if terminal else now,
+            next_round_at,
+            record.id,
+            token,
         )
-        if item.state_changed:
-            row += (record.plugin_state, record.plugin_state_version)
-        if item.outputs_changed:
-            row += (_dumps(record.outputs) if record.outputs is not None else None,)
-        # An abort requested meanwhile wakes a running execution, not one owing its clean-up.
-        on_abort = now if not record.phase.is_terminal else record.next_round_at
-        row += (on_abort, record.next_round_at, record.id, token)
-        groups.setdefault((item.state_changed, item.outputs_changed), []).append(row)
+        shape = (item.state_changed, item.outputs_changed)
+        group = groups.get(shape)
+        if group is None:
+            groups[shape] = group = []
+        group.append(row)
     return groups
 
 
 def _event_params(event: EventRecord) -> tuple[Any, ...]:
-    """An event as the positional parameters of `_RoundSql.insert_event`."""
-    row = _event_row(event)
-    return tuple(row[name] for name in _EVENT_COLUMNS)
+    """An event as the positional parameters of `_RoundSql.insert_event`, in `_EVENT_COLUMNS`'
+    order, built directly: a commit inserts at least one event per execution."""
+    error, info = event.error, event.info
+    return (
+        event.execution_id,
+        event.seq,
+        event.attempt,
+        _PHASE_VALUE[event.phase],
+        event.phase_version,
+        event.reason,
+        _dumps(error.to_dict()) if error else None,
+        _dumps(info) if info is not None else None,
+        event.occurred_at,
+    )
+
+
+#: Phases as the integers stored: `int(phase)` on an IntEnum cost more than this lookup.
+_PHASE_VALUE: dict[Phase, int] = {phase: int(phase) for phase in Phase}
+
+#: The phases that end an attempt (`Phase.is_terminal`), for a membership test without the property.
+_TERMINAL = frozenset(phase for phase in Phase if phase.is_terminal)
