@@ -355,8 +355,14 @@ class Reconciler:
         """Every `handle` at once, cancelled together when the round's deadline passes."""
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._handle(plugin, tctx)) for _, plugin, tctx in calls]
+        late: set[asyncio.Task[lifecycle.Outcome]] = set()
         try:
-            _, late = await asyncio.wait(tasks, timeout=self._handle_timeout)
+            # One turn of the loop runs every task's first step, and most handles return in it:
+            # only those still running need `asyncio.wait`, which costs per task it watches.
+            await asyncio.sleep(0)
+            running = [task for task in tasks if not task.done()]
+            if running:
+                _, late = await asyncio.wait(running, timeout=self._handle_timeout)
         except BaseException:
             # The round itself was cancelled (shutdown): its plugin calls go with it.
             await _cancel_and_wait(tasks)
