@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from executor.core import Phase
-from executor.daemon import setup_plugins
+from executor.daemon import setup_plugins, tune_gc
 from executor.logging import configure_logging
 from executor.plugin.resources import InProcessResourceManager
 from executor.reconciler import NullObserver, Reconciler, RoundStats
@@ -98,6 +98,7 @@ async def drive(url: str, expected: int, plugins_dir: Path, batch_size: int) -> 
         counter = _Counter(expected, settings.batch_size)
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=counter)
         counter.reconciler = reconciler
+        tune_gc()  # as `executor run` does once started
         started = time.perf_counter()
         await reconciler.run()
         seconds = counter.last_round_end - started
