@@ -4,7 +4,7 @@ random sequences of round outcomes to a freshly submitted record and check every
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import FrozenInstanceError, dataclass, fields, replace
 from datetime import timedelta
 
 import pytest
@@ -439,6 +439,26 @@ def test_barrier_and_ephemeral_transitions_behave_the_same() -> None:
     for kind in TransitionType:
         update = advance(submitted(), Handled(Transition(kind, PhaseInfo.running(0))), T0, POLICY)
         assert update.record.phase is Phase.RUNNING
+
+
+def test_the_records_made_are_plain_frozen_execution_records() -> None:
+    """The lifecycle makes its records without their constructor (see `lifecycle._built`): each
+    must still be an ExecutionRecord like any other, frozen, equal to one built field by field."""
+    record = submitted(max_attempts=2)
+    failed = advance(record, handled(PhaseInfo.retryable_failure("Flaky", "again")), T0, POLICY).record
+    updates = [
+        advance(record, handled(PhaseInfo.running(0)), T0, POLICY),
+        advance_and_clean_up(record, handled(PhaseInfo.success()), T0, POLICY, Cleanup(True, True))[0],
+        cleaned_up(failed, Cleanup(True, True), T0 + 1, POLICY),
+    ]
+    for update in updates:
+        made = update.record
+        assert type(made) is ExecutionRecord
+        rebuilt = ExecutionRecord(*(getattr(made, field.name) for field in fields(ExecutionRecord)))
+        assert made == rebuilt
+        assert repr(made) == repr(rebuilt)
+        with pytest.raises(FrozenInstanceError):
+            made.phase = Phase.QUEUED  # type: ignore[misc]
 
 
 @given(
