@@ -31,7 +31,9 @@ PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100}
 
 def inner_select(claim_sql: str) -> str:
     """The SELECT that picks the rows inside the claim's UPDATE ... WHERE id IN (...)."""
-    match = re.fullmatch(r"UPDATE executions SET .* WHERE id IN \((SELECT .*)\) RETURNING .*", claim_sql)
+    match = re.fullmatch(
+        r"UPDATE executions SET .* WHERE id (?:IN \(|= ANY\(ARRAY\()(SELECT .*?)\)\)? RETURNING .*", claim_sql
+    )
     assert match, claim_sql
     return match.group(1)
 
@@ -221,3 +223,35 @@ async def test_postgres_claim_uses_the_partial_index(postgres_store: Store) -> N
 
     claimed = await postgres_store.claim(owner="o", token="t", limit=100, lease_ttl=30, now=T0 + 10)
     assert len(claimed) == 5
+
+
+async def test_postgres_claim_looks_picked_rows_up_by_key_however_many_are_pending(
+    postgres_store: Store,
+) -> None:
+    """With every row pending, `id IN (SELECT ...)` was planned as a hash join against a scan of
+    the whole table: each claim read every pending row. The claim must stay O(batch)."""
+    async with postgres_store.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO executions (id, task_type, inputs, labels, priority, phase, phase_version, "
+                "plugin_state_version, attempt, max_attempts, system_failures, event_seq, rounds, "
+                "created_at, updated_at, next_round_at, abort_requested, finalized) "
+                "SELECT 'pending-' || lpad(i::text, 8, '0'), 'echo', '{}', '{}', 0, 3, 0, 0, 1, 1, 0, 1, 0, "
+                "CAST(:t0 AS double precision), CAST(:t0 AS double precision), "
+                "CAST(:t0 AS double precision) - i, false, false "
+                "FROM generate_series(1, 20000) AS i"
+            ),
+            {"t0": T0},
+        )
+    async with postgres_store.engine.connect() as conn:
+        await conn.execute(text("ANALYZE executions"))
+        await conn.commit()
+
+    update_plan = await postgres_plan(
+        postgres_store, postgres.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "lease_ttl": 30}
+    )
+    assert "Seq Scan" not in update_plan, update_plan
+    assert "Hash" not in update_plan, update_plan
+
+    claimed = await postgres_store.claim(owner="o", token="t", limit=100, lease_ttl=30, now=T0 + 10)
+    assert [record.id for record in claimed] == [f"pending-{i:08d}" for i in range(20000, 19900, -1)]

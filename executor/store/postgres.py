@@ -12,9 +12,11 @@ NOW = "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)"
 
 DIALECT = Dialect(
     name="postgresql",
-    claim_sql=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED", NOW),
+    claim_sql=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED", NOW, ids_as_array=True),
     lock_suffix=" FOR UPDATE",
     engine_options={"pool_size": 5, "max_overflow": 5, "pool_pre_ping": True},
     now_sql=NOW,
-    claim_sql_pinned=claim_statement(CLAIMABLE, " FOR UPDATE SKIP LOCKED", PINNED_LEASE_NOW),
+    claim_sql_pinned=claim_statement(
+        CLAIMABLE, " FOR UPDATE SKIP LOCKED", PINNED_LEASE_NOW, ids_as_array=True
+    ),
 )
