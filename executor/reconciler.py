@@ -16,7 +16,7 @@ import time
 import types
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -74,6 +74,20 @@ class RoundStats:
     committed: int
     lost: int
     finalized: int
+
+
+@dataclass(slots=True)
+class _HandledRound:
+    """A round whose plugins have run: what its commit writes, and what it must clean up after."""
+
+    number: int
+    token: str
+    claimed: list[ExecutionRecord]
+    awaiting_cleanup: list[ExecutionRecord] = field(default_factory=list)
+    updates: list[RecordUpdate] = field(default_factory=list)
+    #: Attempts whose clean-up runs nothing of the plugin's, recorded with this commit.
+    settled: set[str] = field(default_factory=set)
+    now: float = 0.0
 
 
 class RoundObserver(Protocol):
@@ -154,7 +168,8 @@ class Reconciler:
         self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir, on_read=REDACTOR.add)
         self._log = get_logger(replica=settings.replica_id)
         self.observer: RoundObserver = observer or NullObserver()
-        self._in_flight: tuple[str, list[str]] | None = None
+        #: The leases of the rounds under way (two while a commit overlaps the next round): token -> ids.
+        self._in_flight: dict[str, list[str]] = {}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -164,31 +179,74 @@ class Reconciler:
         self.wakeup.set()
 
     async def run(self) -> None:
+        """Round after round until `stop`.
+
+        Where the store lets a commit run while the next round claims (PostgreSQL), the commit of
+        a full round runs in the background while the next round claims and calls its plugins:
+        the database works on one round while Python works on the next. The two rounds' executions
+        differ (a round's rows stay leased until its commit), and a round commits only after the
+        one before it, so commits stay in order and at most one is in flight.
+        """
         failures = 0
-        while not self._stopping:
-            try:
-                stats = await self.run_round()
-                if failures:
-                    self._log.info("database.reconnected", failed_rounds=failures)
-                failures = 0
-            except Exception as err:
-                if not _is_store_error(err):
-                    raise
-                failures += 1
-                self.observer.store_error()
-                delay = _backoff(failures, self.settings.poll_interval.total_seconds())
-                self._log.error(
-                    "round.store_error",
-                    error=f"{type(err).__name__}: {err}",
-                    retry_in=round(delay, 3),
-                    attempt=failures,
-                )
-                await self.wakeup.wait(delay)
-                continue
-            if stats.claimed >= self.settings.batch_size or self._stopping:
-                continue  # more may be due right now
-            if await self.wakeup.wait(await self._idle_delay()):
-                self.observer.woken()
+        committing: asyncio.Task[RoundStats] | None = None
+        try:
+            while not self._stopping:
+                handled: _HandledRound | None = None
+                try:
+                    started = time.perf_counter()
+                    handled = await self._claim_and_handle()
+                    if committing is not None:
+                        task, committing = committing, None
+                        await task  # its error, if any, is this round's: handled above is released
+                    full = len(handled.claimed) >= self.settings.batch_size
+                    if full and self.store.overlaps_writes and not self._stopping:
+                        # More is likely due: claim it while this round commits.
+                        commit = self._commit_timed(handled, started)
+                        committing = asyncio.get_running_loop().create_task(commit)
+                        claimed = len(handled.claimed)
+                    else:
+                        claimed = (await self._commit_timed(handled, started)).claimed
+                    if failures:
+                        self._log.info("database.reconnected", failed_rounds=failures)
+                    failures = 0
+                except Exception as err:
+                    if handled is not None:
+                        await self._abandon(handled)  # when its commit never started
+                    if not _is_store_error(err):
+                        raise
+                    failures += 1
+                    self.observer.store_error()
+                    delay = _backoff(failures, self.settings.poll_interval.total_seconds())
+                    self._log.error(
+                        "round.store_error",
+                        error=f"{type(err).__name__}: {err}",
+                        retry_in=round(delay, 3),
+                        attempt=failures,
+                    )
+                    await self.wakeup.wait(delay)
+                    continue
+                if claimed >= self.settings.batch_size or self._stopping:
+                    continue  # more may be due right now
+                if await self.wakeup.wait(await self._idle_delay()):
+                    self.observer.woken()
+        except BaseException:
+            # Cancelled (the shutdown grace ran out): the round still committing goes too, and
+            # hands its leases back.
+            if committing is not None:
+                await _cancel_and_wait([committing])
+            raise
+        if committing is not None:
+            await self._last_commit(committing)
+
+    async def _last_commit(self, committing: asyncio.Task[RoundStats]) -> None:
+        """On `stop`, the round still committing finishes; the database failing it is logged, as
+        the loop would have, and the executions run again after their leases expire."""
+        try:
+            await committing
+        except Exception as err:
+            if not _is_store_error(err):
+                raise
+            self._log.error("round.store_error", error=f"{type(err).__name__}: {err}")
 
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
@@ -202,26 +260,24 @@ class Reconciler:
 
     @property
     def in_flight(self) -> int:
-        """Executions of the round under way (what `executor replicas` shows)."""
-        return len(self._in_flight[1]) if self._in_flight is not None else 0
+        """Executions of the rounds under way (what `executor replicas` shows)."""
+        return sum(len(ids) for ids in self._in_flight.values())
 
     async def release_in_flight(self) -> None:
         """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
-        if self._in_flight is not None:
-            token, ids = self._in_flight
-            self._in_flight = None
+        while self._in_flight:
+            token, ids = self._in_flight.popitem()
             with anyio.CancelScope(shield=True):
                 await self.store.release_leases(token, ids)
 
     # -- one round ----------------------------------------------------------------------------
 
     async def run_round(self) -> RoundStats:
-        started = time.perf_counter()
-        stats = await self._round()
-        self.observer.round_finished(stats, time.perf_counter() - started)
-        return stats
+        """One whole round, claim to commit (the loop may overlap a commit with the next round)."""
+        return await self._commit_timed(await self._claim_and_handle(), time.perf_counter())
 
-    async def _round(self) -> RoundStats:
+    async def _claim_and_handle(self) -> _HandledRound:
+        """Claim a batch, call the plugins, decide each next record: all but the commit."""
         self.rounds += 1
         number = self.rounds
         token = str(uuid.uuid4())
@@ -236,19 +292,37 @@ class Reconciler:
             now=self.clock(),
         )
         self.last_round_at = self.clock()
+        handled = _HandledRound(number, token, claimed)
         if not claimed:
-            return RoundStats(number, 0, 0, 0, 0)
-        self._in_flight = (token, [record.id for record in claimed])
+            return handled
+        self._in_flight[token] = [record.id for record in claimed]
         try:
-            return await self._drive(number, token, claimed)
+            await self._handle_round(handled)
         except BaseException:
-            # The round was cancelled (the shutdown grace ran out) or its commit failed (the database
-            # went away mid-round): nothing of it is visible. Hand the leases back if the database
-            # lets us, so that the executions run again at once, here or elsewhere, not after the TTL.
-            await self._release_quietly(token, [record.id for record in claimed])
+            await self._abandon(handled)
             raise
-        finally:
-            self._in_flight = None
+        return handled
+
+    async def _commit_timed(self, handled: _HandledRound, started: float) -> RoundStats:
+        if not handled.claimed:
+            stats = RoundStats(handled.number, 0, 0, 0, 0)
+        else:
+            try:
+                stats = await self._commit(handled)
+            except BaseException:
+                await self._abandon(handled)
+                raise
+            finally:
+                self._in_flight.pop(handled.token, None)
+        self.observer.round_finished(stats, time.perf_counter() - started)
+        return stats
+
+    async def _abandon(self, handled: _HandledRound) -> None:
+        """The round was cancelled (the shutdown grace ran out) or its commit failed (the database
+        went away mid-round): nothing of it is visible. Hand the leases back if the database lets
+        us, so that the executions run again at once, here or elsewhere, not after the TTL."""
+        if self._in_flight.pop(handled.token, None) is not None:
+            await self._release_quietly(handled.token, [record.id for record in handled.claimed])
 
     async def _release_quietly(self, token: str, ids: list[str]) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._handle_timeout):
@@ -257,18 +331,15 @@ class Reconciler:
             except Exception as err:
                 self._log.info("round.release_failed", error=f"{type(err).__name__}: {err}", leases=len(ids))
 
-    async def _drive(self, number: int, token: str, claimed: list[ExecutionRecord]) -> RoundStats:
+    async def _handle_round(self, handled: _HandledRound) -> None:
         # An attempt that ended earlier and still owes its clean-up gets that, not `handle`.
-        awaiting_cleanup = [record for record in claimed if record.phase.is_terminal]
-        active = [record for record in claimed if not record.phase.is_terminal]
-        plugins = self._plugins_of(claimed)
-        outcomes = await self._outcomes(number, active, plugins)
-
-        now = self.clock()
-        updates = []
+        handled.awaiting_cleanup = [record for record in handled.claimed if record.phase.is_terminal]
+        active = [record for record in handled.claimed if not record.phase.is_terminal]
+        plugins = self._plugins_of(handled.claimed)
+        outcomes = await self._outcomes(handled.number, active, plugins)
+        now = handled.now = self.clock()
         # Attempts that ended with a clean-up that runs nothing of the plugin's: recorded with
         # this commit instead of a second one (see `_trivial_cleanup`).
-        settled: set[str] = set()
         cleanups = {task_type: _trivial_cleanup(plugin) for task_type, plugin in plugins.items()}
         for record, raw_outcome in zip(active, outcomes, strict=True):
             outcome = _scrub_outcome(raw_outcome)
@@ -278,9 +349,14 @@ class Reconciler:
             else:
                 update, cleaned = lifecycle.advance_and_clean_up(record, outcome, now, self._policy, cleanup)
                 if cleaned:
-                    settled.add(record.id)
-            updates.append(update)
-        result = await self.store.commit_round(token, updates, now=now, release_allocations_of=settled)
+                    handled.settled.add(record.id)
+            handled.updates.append(update)
+
+    async def _commit(self, handled: _HandledRound) -> RoundStats:
+        number, token, updates = handled.number, handled.token, handled.updates
+        result = await self.store.commit_round(
+            token, updates, now=handled.now, release_allocations_of=handled.settled
+        )
         if result.lost:
             self._log.warning(
                 "round.leases_lost", round=number, count=len(result.lost), ids=sorted(result.lost)
@@ -293,12 +369,11 @@ class Reconciler:
             for u in updates
             if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
         ]
-        finalized = await self._cleanup(number, token, ended + awaiting_cleanup)
-        finalized += len(settled & result.committed)
-        self._log.debug(
-            "round.committed", round=number, claimed=len(claimed), committed=len(result.committed)
-        )
-        return RoundStats(number, len(claimed), len(result.committed), len(result.lost), finalized)
+        finalized = await self._cleanup(number, token, ended + handled.awaiting_cleanup)
+        finalized += len(handled.settled & result.committed)
+        claimed = len(handled.claimed)
+        self._log.debug("round.committed", round=number, claimed=claimed, committed=len(result.committed))
+        return RoundStats(number, claimed, len(result.committed), len(result.lost), finalized)
 
     def _plugins_of(self, records: list[ExecutionRecord]) -> dict[str, Plugin | None]:
         """The plugin of each task type in the round, resolved once per type, not per execution."""

@@ -15,6 +15,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from executor.core import ErrorKind, Phase, Plugin, SetupContext, TaskExecutionContext
@@ -23,7 +24,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.reconciler import NullObserver, Reconciler, RoundStats
 from executor.settings import load_settings
 from executor.store import Store, Submission
 
@@ -386,3 +387,54 @@ async def test_abort_while_running_calls_abort_then_finalize(
     calls = [method for method, target in recording.calls if target == execution_id]  # type: ignore[attr-defined]
     assert calls == ["handle", "abort", "finalize"]
     assert (await get(store, bystander)).phase is Phase.RUNNING
+
+
+async def test_the_loop_overlaps_a_full_round_commit_with_the_next_claim_only_on_postgresql(
+    build: Build, store: Store, clock: FakeClock
+) -> None:
+    """On PostgreSQL the commit of a full round runs while the next round claims; every execution
+    still ends once, with its events once each. SQLite's single writer keeps them in turn."""
+    reconciler = await build(batch_size=8)
+    ids = await submit(store, clock, *[("echo", {"n": n}) for n in range(100)])
+    active = {"claim": 0, "commit": 0}
+    overlapped = 0
+
+    def watched(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        other = "commit" if name == "claim" else "claim"
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal overlapped
+            active[name] += 1
+            try:
+                result = await method(*args, **kwargs)
+                overlapped += active[other] > 0
+                return result
+            finally:
+                active[name] -= 1
+
+        return call
+
+    store.claim = watched("claim", store.claim)  # type: ignore[method-assign]
+    store.commit_round = watched("commit", store.commit_round)  # type: ignore[method-assign]
+
+    class StopWhenDone(NullObserver):
+        finalized = 0
+
+        def round_finished(self, stats: RoundStats, seconds: float) -> None:
+            self.finalized += stats.finalized
+            if self.finalized >= len(ids) or not stats.claimed:
+                reconciler.stop()
+
+    reconciler.observer = StopWhenDone()
+    with anyio.fail_after(30):
+        await reconciler.run()
+
+    assert reconciler.in_flight == 0
+    for execution_id in ids:
+        record = await store.get(execution_id)
+        assert record is not None and record.phase is Phase.SUCCESS and record.finalized
+        assert [event.phase for event in await store.events(execution_id)] == [Phase.QUEUED, Phase.SUCCESS]
+    if store.overlaps_writes:
+        assert overlapped > 0
+    else:
+        assert overlapped == 0

@@ -101,6 +101,12 @@ class Store:
         self._claim_pinned = _DriverSql(text(self.dialect.claim_sql_pinned), engine)
         self._round_sql = _RoundSql(self.dialect is postgres.DIALECT)
 
+    @property
+    def overlaps_writes(self) -> bool:
+        """Whether one round's commit may run while the next round claims: PostgreSQL's row locks
+        let them; SQLite's one write lock would make the claim wait behind the commit."""
+        return self.dialect is postgres.DIALECT
+
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(create_engine(url))
