@@ -15,6 +15,7 @@ Workloads: `echo` (one round: SUCCESS, outputs = inputs) and `three` (round 1 wr
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -26,15 +27,27 @@ from typing import Any
 import aiosqlite
 import asyncpg
 
+from executor.store import postgres, sqlite
+
+
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A statement with `:name` parameters as asyncpg's `$n`, and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"(?<!:):(\w+)", number, sql), tuple(names)
+
+
 #: Phase values as stored (executor.core.Phase); the smoke test checks they still agree.
 RUNNING, SUCCESS = 5, 6
 
-SQLITE_CLAIM = (
-    "UPDATE executions SET lease_owner = ?, lease_token = ?, lease_expires_at = ? "
-    "WHERE id IN (SELECT id FROM executions WHERE finalized = 0 AND next_round_at <= ? "
-    "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY next_round_at LIMIT ?) "
-    "RETURNING *"
-)
+#: The daemon's own claim, word for word (named parameters: owner, token, lease_ttl, now, limit):
+#: the partial index in priority order, a lease on the database's clock, the whole row returned.
+SQLITE_CLAIM = sqlite.DIALECT.claim_sql
 SQLITE_UPDATE = (
     "UPDATE executions SET phase = ?, phase_version = ?, reason = ?, outputs = ?, plugin_state = ?, "
     "plugin_state_version = ?, event_seq = ?, rounds = ?, updated_at = ?, attempt_started_at = ?, "
@@ -46,12 +59,7 @@ SQLITE_EVENT = (
     "INSERT INTO events (execution_id, seq, attempt, phase, phase_version, reason, error, info, occurred_at) "
     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)"
 )
-PG_CLAIM = (
-    "UPDATE executions SET lease_owner = $1, lease_token = $2, lease_expires_at = $3 "
-    "WHERE id IN (SELECT id FROM executions WHERE NOT finalized AND next_round_at <= $4 "
-    "AND (lease_expires_at IS NULL OR lease_expires_at < $4) ORDER BY next_round_at LIMIT $5 "
-    "FOR UPDATE SKIP LOCKED) RETURNING *"
-)
+PG_CLAIM, PG_CLAIM_PARAMETERS = _numbered(postgres.DIALECT.claim_sql)
 # The same writes as arrays, one statement each: what the daemon's store does on PostgreSQL, so
 # that the baseline stays the fastest way to do the same work, not a slower one.
 PG_UPDATE_ARRAYS = (
@@ -76,6 +84,10 @@ PG_EVENT_ARRAYS = (
 
 OWNER = "raw-baseline"
 LEASE_SECONDS = 120.0
+
+
+def _claim_parameters(token: str, now: float, batch_size: int) -> dict[str, Any]:
+    return {"owner": OWNER, "token": token, "lease_ttl": LEASE_SECONDS, "now": now, "limit": batch_size}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +159,7 @@ def sqlite3_loop(path: Path, workload: str, batch_size: int) -> RawRun:
         while True:
             token, now = str(uuid.uuid4()), time.time()
             connection.execute("BEGIN IMMEDIATE")
-            cursor = connection.execute(
-                SQLITE_CLAIM, (OWNER, token, now + LEASE_SECONDS, now, now, batch_size)
-            )
+            cursor = connection.execute(SQLITE_CLAIM, _claim_parameters(token, now, batch_size))
             rows = cursor.fetchall()
             columns = {d[0]: i for i, d in enumerate(cursor.description)}
             connection.execute("COMMIT")
@@ -179,9 +189,7 @@ async def aiosqlite_loop(path: Path, workload: str, batch_size: int) -> RawRun:
         while True:
             token, now = str(uuid.uuid4()), time.time()
             await connection.execute("BEGIN IMMEDIATE")
-            cursor = await connection.execute(
-                SQLITE_CLAIM, (OWNER, token, now + LEASE_SECONDS, now, now, batch_size)
-            )
+            cursor = await connection.execute(SQLITE_CLAIM, _claim_parameters(token, now, batch_size))
             rows = await cursor.fetchall()
             columns = {d[0]: i for i, d in enumerate(cursor.description)}
             await cursor.close()
@@ -211,7 +219,8 @@ async def asyncpg_loop(connect_kwargs: dict[str, Any], workload: str, batch_size
         while True:
             token, now = str(uuid.uuid4()), time.time()
             async with connection.transaction():
-                rows = await claim.fetch(OWNER, token, now + LEASE_SECONDS, now, batch_size)
+                values = _claim_parameters(token, now, batch_size)
+                rows = await claim.fetch(*(values[name] for name in PG_CLAIM_PARAMETERS))
             if not rows:
                 break
             updates, new_events = decide(rows, columns, workload, token, time.time(), pg=True)
