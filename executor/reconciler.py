@@ -427,21 +427,53 @@ class Reconciler:
         return None
 
     async def _handle_all(self, calls: list[tuple[int, Plugin, TaskExecContext]]) -> list[lifecycle.Outcome]:
-        """Every `handle` at once, cancelled together when the round's deadline passes."""
+        """Every `handle` at once, under one deadline for the round.
+
+        Most handles return without ever suspending. Each call starts here, in the round's own
+        task, and one that returns in its first step needs no task of its own (a task per call
+        was the largest cost left of a one-round task). The first call that suspends goes on in
+        this task, and each call after it starts in a task of its own, so all still run at once.
+        A call that has suspended cannot move to another task: a cancel scope it entered belongs
+        to the task that entered it.
+        """
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._handle(plugin, tctx)) for _, plugin, tctx in calls]
+        deadline = loop.time() + self._handle_timeout
+        outcomes: list[lifecycle.Outcome] = []
+        for index, (_, plugin, tctx) in enumerate(calls):
+            call = self._handle(plugin, tctx)
+            try:
+                awaited = call.send(None)
+            except StopIteration as returned:
+                outcomes.append(returned.value)
+                continue
+            rest = calls[index + 1 :]
+            tasks = [loop.create_task(self._handle(plugin, tctx)) for _, plugin, tctx in rest]
+            try:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        outcomes.append(await _resumed(call, awaited))
+                except TimeoutError:
+                    outcomes.append(self._timed_out(plugin, tctx))
+                outcomes += await self._settled(tasks, rest, deadline)
+            except BaseException:
+                # The round itself was cancelled (shutdown): its plugin calls go with it.
+                await _cancel_and_wait(tasks)
+                raise
+            break
+        return outcomes
+
+    async def _settled(
+        self,
+        tasks: list[asyncio.Task[lifecycle.Outcome]],
+        calls: list[tuple[int, Plugin, TaskExecContext]],
+        deadline: float,
+    ) -> list[lifecycle.Outcome]:
+        """The outcomes of `tasks`; those still running at `deadline` are cancelled, timed out."""
+        running = [task for task in tasks if not task.done()]
         late: set[asyncio.Task[lifecycle.Outcome]] = set()
-        try:
-            # One turn of the loop runs every task's first step, and most handles return in it:
-            # only those still running need `asyncio.wait`, which costs per task it watches.
-            await asyncio.sleep(0)
-            running = [task for task in tasks if not task.done()]
-            if running:
-                _, late = await asyncio.wait(running, timeout=self._handle_timeout)
-        except BaseException:
-            # The round itself was cancelled (shutdown): its plugin calls go with it.
-            await _cancel_and_wait(tasks)
-            raise
+        if running:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            _, late = await asyncio.wait(running, timeout=timeout)
         if late:
             await _cancel_and_wait(late)
         return [
@@ -659,6 +691,22 @@ def _timed_steps(
             to_send, to_throw = (yield yielded), None
         except BaseException as err:  # cancellation and timeouts must reach the plugin's code
             to_send, to_throw = None, err
+
+
+@types.coroutine
+def _resumed(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
+    """Go on driving `coroutine`, which this task started and which suspended on `awaited`,
+    as `await` would have: what the event loop sends or throws in reaches it."""
+    while True:
+        sent, thrown = None, None
+        try:
+            sent = yield awaited
+        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
+            thrown = err
+        try:
+            awaited = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
+        except StopIteration as stop:
+            return stop.value
 
 
 #: Stands in for the limiter when a round holds no more executions than may run at once.

@@ -438,3 +438,46 @@ async def test_the_loop_overlaps_a_full_round_commit_with_the_next_claim_only_on
         assert overlapped > 0
     else:
         assert overlapped == 0
+
+
+async def test_handles_that_suspend_run_at_once_with_those_after_them_in_the_round(
+    build: Build, store: Store, clock: FakeClock
+) -> None:
+    """Handles that return without suspending run in the round's own task, and the first that
+    suspends goes on there (with the cancel scope it entered) while the rest start beside it."""
+    reconciler = await build(handle_timeout=10)
+    key = f"k-{time.time_ns()}"
+    # Claimed highest priority first: echoes, two waiters, the echo between, then the setter.
+    submissions = [
+        Submission("echo", {"n": 1}, priority=9),
+        Submission("rendezvous", {"role": "wait", "key": key}, priority=8),
+        Submission("echo", {"n": 2}, priority=7),
+        Submission("rendezvous", {"role": "wait", "key": key}, priority=6),
+        Submission("rendezvous", {"role": "set", "key": key}, priority=5),
+        Submission("echo", {"n": 3}, priority=4),
+    ]
+    ids = await store.submit_many(submissions, now=clock())
+
+    with anyio.fail_after(8):
+        stats = await reconciler.run_round()
+
+    assert stats.claimed == len(ids)
+    for execution_id in ids:
+        record = await store.get(execution_id)
+        assert record is not None and record.phase is Phase.SUCCESS, record
+
+
+async def test_a_handle_that_suspends_first_in_the_round_still_times_out(
+    build: Build, store: Store, clock: FakeClock
+) -> None:
+    reconciler = await build(handle_timeout=0.3)
+    hanging, echo = await submit(store, clock, ("hanging", {}), ("echo", {"n": 1}))
+
+    with anyio.fail_after(5):
+        await reconciler.run_round()
+
+    record = await store.get(hanging)
+    assert record is not None and record.error is not None
+    assert record.error.code == "HandleTimeout", record.error
+    done = await store.get(echo)
+    assert done is not None and done.phase is Phase.SUCCESS
