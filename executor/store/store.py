@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sqlite3
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import anyio
 from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
@@ -71,6 +72,38 @@ class CommitResult:
 
 class StoreError(Exception):
     pass
+
+
+class _Aiosqlite:
+    """The aiosqlite connection under a SQLAlchemy one, for a round's statements on SQLite.
+
+    Each call to aiosqlite is a hop to its thread and back: through SQLAlchemy a statement took
+    four (cursor, execute, fetch, close), straight to aiosqlite one, about 14 hops fewer a round.
+    sqlite3's errors are raised as SQLAlchemy's, as every other statement of the store raises them.
+    """
+
+    __slots__ = ("_driver",)
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    @classmethod
+    async def of(cls, conn: AsyncConnection) -> _Aiosqlite:
+        return cls((await conn.get_raw_connection()).driver_connection)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run `sql` once per row; the number of rows it changed."""
+        try:
+            return int((await self._driver.executemany(sql, rows)).rowcount)
+        except sqlite3.Error as err:
+            raise DBAPIError.instance(sql, None, err, sqlite3.Error) from err
+
+    async def fetchall(self, sql: str, parameters: Sequence[Any]) -> Sequence[Any]:
+        try:
+            rows: Sequence[Any] = await self._driver.execute_fetchall(sql, parameters)
+            return rows
+        except sqlite3.Error as err:
+            raise DBAPIError.instance(sql, parameters, err, sqlite3.Error) from err
 
 
 def dialect_for(url: str) -> Dialect:
@@ -203,12 +236,17 @@ class Store:
         statement = self._claim
         if lease_now is not None:
             statement, params["lease_now"] = self._claim_pinned, lease_now
+        rows: Sequence[Any]
         async with self._writer.begin() as conn:
-            result = await conn.exec_driver_sql(statement.sql, statement.parameters(params))
-            # The driver's own rows (tuples, asyncpg Records): `_record` reads them by position,
-            # and wrapping each in SQLAlchemy's Row, a copy on asyncpg, cost ~0.7 µs a row there.
-            rows = result.cursor.fetchall()
-            result.close()
+            if self.dialect is sqlite.DIALECT:
+                driver = await _Aiosqlite.of(conn)
+                rows = await driver.fetchall(statement.sql, statement.parameters(params))
+            else:
+                result = await conn.exec_driver_sql(statement.sql, statement.parameters(params))
+                # The driver's own rows (asyncpg Records): `_record` reads them by position, and
+                # wrapping each in SQLAlchemy's Row, a copy on asyncpg, cost ~0.7 µs a row.
+                rows = result.cursor.fetchall()
+                result.close()
         # RETURNING gives no order: restore the one the claim chose them by.
         return sorted((_record(row) for row in rows), key=lambda r: (-r.priority, r.next_round_at))
 
@@ -265,19 +303,18 @@ class Store:
                 kept, mine = set(wanted), list(updates)
             # Straight to the driver: these run once per row, and SQLAlchemy's processing of each
             # row's parameters cost more than the database's work (see `_RoundSql`).
+            driver = await _Aiosqlite.of(conn)
             written = 0
             for shape, rows in _grouped_updates(mine, token, now).items():
-                result = await conn.exec_driver_sql(sql.update(*shape), rows)
-                written += result.rowcount
+                written += await driver.executemany(sql.update(*shape), rows)
             if not checked and written != len(mine):
                 raise _LeaseLostError
             new_events = [_event_params(event) for update in mine for event in update.events]
             if new_events:
-                await conn.exec_driver_sql(sql.insert_event, new_events)
+                await driver.executemany(sql.insert_event, new_events)
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:
-                result = await conn.exec_driver_sql(sql.release, (sql.id_list(releasing),))
-                for (execution_id,) in result:
+                for (execution_id,) in await driver.fetchall(sql.release, (sql.id_list(releasing),)):
                     released[execution_id] = released.get(execution_id, 0) + 1
         return CommitResult(frozenset(kept), frozenset(wanted) - kept, released)
 
