@@ -42,6 +42,8 @@ class Handled:
     transition: Transition
     state: StateChange | None = None
     outputs: dict[str, Any] | None = None
+    #: `outputs` as JSON text, when the plugin's output writer already encoded them.
+    outputs_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ def policy_for(record: ExecutionRecord | _Draft, policy: Policy) -> Policy:
 def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy) -> RecordUpdate:
     """The record and events that follow `outcome` for `record`, claimed and handled at `now`."""
     draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
-    return RecordUpdate(_built(draft), events, state_changed, outputs_changed)
+    return RecordUpdate(_built(draft), events, state_changed, outputs_changed, _outputs_json(outcome))
 
 
 def advance_and_clean_up(
@@ -156,11 +158,23 @@ def advance_and_clean_up(
     commit that ends the attempt. The record is built once, not once per step.
     """
     draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
+    outputs_json = _outputs_json(outcome)
     if not draft.phase.is_terminal or draft.finalized:
-        return RecordUpdate(_built(draft), events, state_changed, outputs_changed), False
+        return RecordUpdate(_built(draft), events, state_changed, outputs_changed, outputs_json), False
     more, reset = _clean_up(draft, cleanup, now, policy)
-    update = RecordUpdate(_built(draft), events + more, state_changed or reset, outputs_changed or reset)
+    update = RecordUpdate(
+        _built(draft),
+        events + more,
+        state_changed or reset,
+        outputs_changed or reset,
+        None if reset else outputs_json,  # a new attempt starts with no outputs
+    )
     return update, True
+
+
+def _outputs_json(outcome: Outcome) -> str | None:
+    """The JSON text of the outputs a round stores, when the plugin's writer made it already."""
+    return outcome.outputs_json if isinstance(outcome, Handled) and outcome.outputs is not None else None
 
 
 def _advanced(

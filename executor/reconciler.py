@@ -732,7 +732,8 @@ def _handled(returned: object, tctx: TaskExecContext) -> lifecycle.Outcome:
         if problem is not None:
             return lifecycle.Rejected(*problem)
     assert isinstance(returned, Transition)  # checked by _transition_problem
-    return lifecycle.Handled(returned, tctx.state.change, tctx.output_writer.outputs)
+    writer = tctx.output_writer
+    return lifecycle.Handled(returned, tctx.state.change, writer.outputs, writer.outputs_json)
 
 
 def _trivial_cleanup(plugin: Plugin | None) -> lifecycle.Cleanup | None:

@@ -144,6 +144,22 @@ def test_outputs_are_recorded_with_the_round() -> None:
     assert update.record.phase is Phase.SUCCESS
 
 
+def test_the_outputs_json_the_writer_made_goes_with_the_outputs_and_never_without_them() -> None:
+    written = handled(PhaseInfo.success(), outputs={"a": 1}, outputs_json='{"a":1}')
+    assert advance(submitted(), written, T0, POLICY).outputs_json == '{"a":1}'
+    update, cleaned = advance_and_clean_up(submitted(), written, T0, POLICY, Cleanup(True, True))
+    assert cleaned and update.record.outputs == {"a": 1} and update.outputs_json == '{"a":1}'
+
+    failed = handled(PhaseInfo.retryable_failure("Flaky", "again"), outputs={"a": 1}, outputs_json='{"a":1}')
+    retried, cleaned = advance_and_clean_up(
+        submitted(max_attempts=2), failed, T0, POLICY, Cleanup(True, True)
+    )
+    # The clean-up started the next attempt, which has no outputs: nothing may store the old ones.
+    assert cleaned and retried.record.outputs is None and retried.outputs_changed
+    assert retried.outputs_json is None
+    assert advance(submitted(), SystemFault("HandleRaised", "boom"), T0, POLICY).outputs_json is None
+
+
 @pytest.mark.parametrize(
     ("info", "phase"),
     [

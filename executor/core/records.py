@@ -85,6 +85,8 @@ class RecordUpdate:
     events: tuple[EventRecord, ...] = ()
     state_changed: bool = False
     outputs_changed: bool = False
+    #: `record.outputs` as JSON text, when the round had it already; None: the store encodes them.
+    outputs_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

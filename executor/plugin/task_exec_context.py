@@ -36,14 +36,20 @@ class InputReader:
         return dict(self._inputs)
 
 
+#: One encoder for every output: `json.dumps` with options builds a new one per call.
+_encode_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
 class OutputWriter:
     """Captures outputs; checks now that they fit the plugin's output model, serialise, and stay
-    under EXECUTOR_MAX_PAYLOAD_BYTES, so the commit cannot fail on them."""
+    under EXECUTOR_MAX_PAYLOAD_BYTES, so the commit cannot fail on them. The JSON text made for
+    the check is what the commit stores."""
 
-    __slots__ = ("_max_bytes", "_model", "outputs", "problem")
+    __slots__ = ("_max_bytes", "_model", "outputs", "outputs_json", "problem")
 
     def __init__(self, model: type[BaseModel] | None = None, max_bytes: int | None = None) -> None:
         self.outputs: dict[str, Any] | None = None
+        self.outputs_json: str | None = None
         self.problem: tuple[str, str] | None = None
         self._model = model
         self._max_bytes = max_bytes
@@ -64,7 +70,7 @@ class OutputWriter:
                 )
                 return
         try:
-            text = json.dumps(outputs, allow_nan=False, separators=(",", ":"))
+            text = _encode_json(outputs)
         except (TypeError, ValueError) as err:
             self.problem = ("OutputsUnserialisable", f"outputs cannot be serialised to JSON: {err}")
             return
@@ -78,6 +84,7 @@ class OutputWriter:
             return
         self.problem = None
         self.outputs = dict(outputs)
+        self.outputs_json = text
 
 
 def field_errors(err: ValidationError) -> str:

@@ -989,8 +989,10 @@ def _grouped_updates(
         if item.state_changed:
             heavy = (record.plugin_state, record.plugin_state_version)
         if item.outputs_changed:
-            outputs = record.outputs
-            heavy += (_dumps(outputs) if outputs is not None else None,)
+            outputs, encoded = record.outputs, item.outputs_json
+            if encoded is None and outputs is not None:
+                encoded = _dumps(outputs)
+            heavy += (encoded,)
         next_round_at = record.next_round_at
         row = (
             _PHASE_VALUE[phase],
