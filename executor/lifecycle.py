@@ -17,12 +17,20 @@ terminal and unfinalized, and the next claim runs the clean-up, once to completi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields, make_dataclass, replace
+from dataclasses import dataclass, replace
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final
 
 from executor.core import ErrorKind, ExecutionError, Phase, PhaseInfo, TaskInfo, Transition
-from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate, StateChange
+from executor.core.records import (
+    RECORD_FIELDS,
+    EventRecord,
+    ExecutionRecord,
+    RecordDraft,
+    RecordUpdate,
+    StateChange,
+    frozen_record,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +108,7 @@ TIMEOUT_EXPIRED = "TimeoutExpired"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
-def expired(record: ExecutionRecord | _Draft, now: float) -> Expired | None:
+def expired(record: ExecutionRecord | RecordDraft, now: float) -> Expired | None:
     """Whether a claimed, still running execution is past its deadline or its attempt's timeout.
 
     Checked before `handle` is called: an expired attempt is not handled again, it is ended (and
@@ -123,14 +131,14 @@ def expired(record: ExecutionRecord | _Draft, now: float) -> Expired | None:
     return None
 
 
-def attempt_ends_at(record: ExecutionRecord | _Draft) -> float | None:
+def attempt_ends_at(record: ExecutionRecord | RecordDraft) -> float | None:
     """When the current attempt times out (None: no timeout, or it has not started)."""
     if record.timeout is None or record.attempt_started_at is None:
         return None
     return record.attempt_started_at + record.timeout
 
 
-def policy_for(record: ExecutionRecord | _Draft, policy: Policy) -> Policy:
+def policy_for(record: ExecutionRecord | RecordDraft, policy: Policy) -> Policy:
     """The daemon's policy with the submission's own backoff, when it gave one.
 
     A draft gives the claimed record's backoff: no round changes a submission's own settings.
@@ -145,7 +153,7 @@ def policy_for(record: ExecutionRecord | _Draft, policy: Policy) -> Policy:
 def advance(record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy) -> RecordUpdate:
     """The record and events that follow `outcome` for `record`, claimed and handled at `now`."""
     draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
-    return RecordUpdate(_built(draft), events, state_changed, outputs_changed, _outputs_json(outcome))
+    return RecordUpdate(frozen_record(draft), events, state_changed, outputs_changed, _outputs_json(outcome))
 
 
 def advance_and_clean_up(
@@ -160,10 +168,10 @@ def advance_and_clean_up(
     draft, events, state_changed, outputs_changed = _advanced(record, outcome, now, policy)
     outputs_json = _outputs_json(outcome)
     if not draft.phase.is_terminal or draft.finalized:
-        return RecordUpdate(_built(draft), events, state_changed, outputs_changed, outputs_json), False
+        return RecordUpdate(frozen_record(draft), events, state_changed, outputs_changed, outputs_json), False
     more, reset = _clean_up(draft, cleanup, now, policy)
     update = RecordUpdate(
-        _built(draft),
+        frozen_record(draft),
         events + more,
         state_changed or reset,
         outputs_changed or reset,
@@ -179,7 +187,7 @@ def _outputs_json(outcome: Outcome) -> str | None:
 
 def _advanced(
     record: ExecutionRecord, outcome: Outcome, now: float, policy: Policy
-) -> tuple[_Draft, Events, bool, bool]:
+) -> tuple[RecordDraft, Events, bool, bool]:
     """What `advance` decides: the draft of the next record, the events, whether state and
     outputs changed."""
     draft = _draft_of(record)
@@ -224,10 +232,10 @@ def cleaned_up(record: ExecutionRecord, cleanup: Cleanup, now: float, policy: Po
     """
     draft = _draft_of(record)
     events, reset = _clean_up(draft, cleanup, now, policy)
-    return RecordUpdate(_built(draft), events, reset, reset)
+    return RecordUpdate(frozen_record(draft), events, reset, reset)
 
 
-def _clean_up(draft: _Draft, cleanup: Cleanup, now: float, policy: Policy) -> tuple[Events, bool]:
+def _clean_up(draft: RecordDraft, cleanup: Cleanup, now: float, policy: Policy) -> tuple[Events, bool]:
     """`cleaned_up` on a draft: the events, and whether state and outputs were cleared (a new attempt).
 
     Every value read here is the draft's before this clean-up changed it (they are read first).
@@ -304,64 +312,24 @@ def backoff_delay(execution_id: str, failures: int, policy: Policy) -> float:
     return max(policy.backoff_base, min(policy.backoff_max, exponential * (1.0 + 0.5 * jitter)))
 
 
-#: Every field of an execution record, in the order of its constructor's parameters.
-_FIELDS: Final = tuple(field.name for field in fields(ExecutionRecord))
-#: All of a record's field values at once, in `_FIELDS` order: one C call, not ~40 attribute reads.
-_field_values: Final = attrgetter(*_FIELDS)
-
-if TYPE_CHECKING:
-
-    class _Draft:
-        """The next record, in the making; see the definition that runs, below. Its fields are
-        typed Any: they are declared once, on `ExecutionRecord`, and the draft derives from it."""
-
-        def __init__(self, *values: Any) -> None: ...
-        def __getattr__(self, name: str) -> Any: ...
-        def __setattr__(self, name: str, value: Any) -> None: ...
-
-else:
-    #: The next record, built up step by step, then made into the record by `_built`.
-    #:
-    #: A mutable twin of `ExecutionRecord`: the same fields, as the same slots in the same order,
-    #: derived from the record's fields so the two cannot drift apart. Reading or changing a field
-    #: is a plain slot access. (It used to be the claimed record plus a dict of changes: each read
-    #: went through `__getattr__`, ~0.4 µs, each step merged a kwargs dict, and
-    #: `dataclasses.replace` ran the frozen `__init__` to make the record; a round cost 13-16 µs.)
-    _Draft = make_dataclass(
-        "_Draft",
-        [(field.name, field.type) for field in fields(ExecutionRecord)],
-        slots=True,
-        eq=False,
-        match_args=False,
-    )
-
-# `_built` hands a draft over as the record without running `ExecutionRecord.__init__`: all that
-# would do beyond setting the fields is `__post_init__`, and a record must not gain one unnoticed.
-if hasattr(ExecutionRecord, "__post_init__"):
-    raise TypeError("ExecutionRecord has a __post_init__, which lifecycle._built would skip")
+#: All of a record's field values at once, in constructor order: one C call, not ~40 reads.
+_field_values: Final = attrgetter(*RECORD_FIELDS)
 
 
-def _draft_of(record: ExecutionRecord) -> _Draft:
-    """A draft of the record after `record`, equal to it until a step changes a field."""
-    return _Draft(*_field_values(record))
+def _draft_of(record: ExecutionRecord) -> RecordDraft:
+    """A draft of the record after `record`, equal to it until a step changes a field.
 
-
-def _built(draft: _Draft) -> ExecutionRecord:
-    """The record `draft` describes, the same as `ExecutionRecord(*fields of draft)` would make.
-
-    The draft object itself becomes the record: its class is switched to `ExecutionRecord`, which
-    Python allows between classes with the same slots (and checks, raising TypeError otherwise).
-    The frozen constructor sets ~40 fields through `object.__setattr__`, 2.5 µs of a 6 µs round;
-    the switch costs 0.1 µs. The draft must not be used afterwards: it is frozen now.
+    (It used to be the claimed record plus a dict of changes: each read went through
+    `__getattr__`, ~0.4 µs, each step merged a kwargs dict, and `dataclasses.replace` ran the
+    frozen `__init__` to make the record; a round cost 13-16 µs.)
     """
-    object.__setattr__(draft, "__class__", ExecutionRecord)
-    return cast(ExecutionRecord, draft)
+    return RecordDraft(*_field_values(record))
 
 
 Events = tuple[EventRecord, ...]
 
 
-def _handled(draft: _Draft, outcome: Handled, now: float, policy: Policy) -> Events:
+def _handled(draft: RecordDraft, outcome: Handled, now: float, policy: Policy) -> Events:
     # A round never changes the submission's own backoff: the claimed record's is the one.
     policy = policy_for(draft, policy)
     transition = outcome.transition
@@ -407,7 +375,7 @@ def _handled(draft: _Draft, outcome: Handled, now: float, policy: Policy) -> Eve
 
 
 def _user_retry(
-    draft: _Draft,
+    draft: RecordDraft,
     error: ExecutionError,
     now: float,
     policy: Policy,
@@ -424,7 +392,7 @@ def _user_retry(
     return _finish(draft, ended, now, abort=abort)
 
 
-def _system_fault(draft: _Draft, error: ExecutionError, now: float, policy: Policy) -> Events:
+def _system_fault(draft: RecordDraft, error: ExecutionError, now: float, policy: Policy) -> Events:
     """Spend one unit of the system-failure budget; retry the round after a backoff, or give up."""
     failures = draft.system_failures + 1
     draft.system_failures = failures
@@ -440,7 +408,7 @@ def _system_fault(draft: _Draft, error: ExecutionError, now: float, policy: Poli
 
 
 def _finish(
-    draft: _Draft, info: PhaseInfo, now: float, *, abort: bool = False, cleaned: bool = False
+    draft: RecordDraft, info: PhaseInfo, now: float, *, abort: bool = False, cleaned: bool = False
 ) -> Events:
     """End the attempt in a terminal phase. Unless it is already `cleaned` up, its clean-up is owed
     (`abort` first when `abort`), so it stays claimable, due now, until `cleaned_up` records it."""
@@ -454,7 +422,7 @@ def _finish(
     return events
 
 
-def _bounded(draft: _Draft, next_round_at: float) -> float:
+def _bounded(draft: RecordDraft, next_round_at: float) -> float:
     """No later than the attempt's timeout or the deadline: the round that finds them ends it.
 
     The first of the three that is smallest, as `min` would pick it, without building a list for
@@ -469,7 +437,7 @@ def _bounded(draft: _Draft, next_round_at: float) -> float:
     return next_round_at
 
 
-def _move(draft: _Draft, info: PhaseInfo, now: float, *, next_round_at: float | None = None) -> Events:
+def _move(draft: RecordDraft, info: PhaseInfo, now: float, *, next_round_at: float | None = None) -> Events:
     """Set the phase; append an event when phase, version, reason or info changed."""
     info_dict = info.info.to_dict() if info.info is not None else None
     changed = (

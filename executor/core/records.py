@@ -7,8 +7,8 @@ Times are seconds since the epoch (floats): they compare and index the same in e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from executor.core.phase import ExecutionError, Phase
 
@@ -62,6 +62,52 @@ class ExecutionRecord:
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+
+
+#: Every field of an execution record, in the order of its constructor's parameters.
+RECORD_FIELDS: Final = tuple(field.name for field in fields(ExecutionRecord))
+
+if TYPE_CHECKING:
+
+    class RecordDraft:
+        """A record in the making; see the definition that runs, below. Its fields are typed Any:
+        they are declared once, on `ExecutionRecord`, and the draft derives from it."""
+
+        def __init__(self, *values: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+else:
+    #: A mutable twin of `ExecutionRecord`: the same fields, as the same slots in the same order,
+    #: derived from the record's fields so that the two cannot drift apart. The lifecycle builds
+    #: the next record in one step by step, the store each claimed row; `frozen_record` makes
+    #: it the record.
+    RecordDraft = make_dataclass(
+        "RecordDraft",
+        [(field.name, field.type) for field in fields(ExecutionRecord)],
+        slots=True,
+        eq=False,
+        match_args=False,
+    )
+
+# `frozen_record` hands a draft over as the record without running `ExecutionRecord.__init__`:
+# all that would do beyond setting the fields is `__post_init__`, and a record must not gain
+# one unnoticed.
+if hasattr(ExecutionRecord, "__post_init__"):
+    raise TypeError("ExecutionRecord has a __post_init__, which frozen_record would skip")
+
+
+def frozen_record(draft: RecordDraft) -> ExecutionRecord:
+    """The record `draft` describes, the same as `ExecutionRecord(*fields of draft)` would make.
+
+    The draft object itself becomes the record: its class is switched to `ExecutionRecord`, which
+    Python allows between classes with the same slots (and checks, raising TypeError otherwise).
+    The frozen constructor sets ~40 fields through `object.__setattr__`: 2.7 µs, against 0.6 µs
+    for a draft and the switch, paid for every execution in every round, twice (the claimed
+    record, the next one). The draft must not be used afterwards: it is frozen now.
+    """
+    object.__setattr__(draft, "__class__", ExecutionRecord)
+    return cast(ExecutionRecord, draft)
 
 
 @dataclass(frozen=True, slots=True)
