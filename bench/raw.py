@@ -61,7 +61,8 @@ SQLITE_EVENT = (
 )
 PG_CLAIM, PG_CLAIM_PARAMETERS = _numbered(postgres.DIALECT.claim_sql)
 # The same writes as arrays, one statement each: what the daemon's store does on PostgreSQL, so
-# that the baseline stays the fastest way to do the same work, not a slower one.
+# that the baseline stays the fastest way to do the same work, not a slower one (the token as an
+# array and the ids looked up by key, as there: see `_RoundSql.update_unnest`).
 PG_UPDATE_ARRAYS = (
     "UPDATE executions AS e SET phase = u.phase, phase_version = u.phase_version, reason = u.reason, "
     "outputs = u.outputs, plugin_state = u.plugin_state, plugin_state_version = u.plugin_state_version, "
@@ -71,10 +72,11 @@ PG_UPDATE_ARRAYS = (
     "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
     "FROM unnest($1::SMALLINT[], $2::INTEGER[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::INTEGER[], "
     "$7::INTEGER[], $8::INTEGER[], $9::DOUBLE PRECISION[], $10::DOUBLE PRECISION[], "
-    "$11::DOUBLE PRECISION[], $12::DOUBLE PRECISION[], $13::BOOLEAN[], $14::VARCHAR(36)[]) "
+    "$11::DOUBLE PRECISION[], $12::DOUBLE PRECISION[], $13::BOOLEAN[], $14::VARCHAR(36)[], "
+    "$15::VARCHAR(36)[]) "
     "AS u(phase, phase_version, reason, outputs, plugin_state, plugin_state_version, event_seq, rounds, "
-    "updated_at, attempt_started_at, finished_at, next_round_at, finalized, id) "
-    "WHERE e.id = u.id AND e.lease_token = $15"
+    "updated_at, attempt_started_at, finished_at, next_round_at, finalized, id, lease_token) "
+    "WHERE e.id = ANY($14::VARCHAR(36)[]) AND e.id = u.id AND e.lease_token = u.lease_token"
 )
 PG_EVENT_ARRAYS = (
     "INSERT INTO events (execution_id, seq, attempt, phase, phase_version, reason, occurred_at) "
@@ -225,8 +227,7 @@ async def asyncpg_loop(connect_kwargs: dict[str, Any], workload: str, batch_size
                 break
             updates, new_events = decide(rows, columns, workload, token, time.time(), pg=True)
             async with connection.transaction():
-                # Each row's last value is the round's token: one parameter, not an array.
-                await connection.execute(PG_UPDATE_ARRAYS, *list(zip(*updates, strict=True))[:-1], token)
+                await connection.execute(PG_UPDATE_ARRAYS, *zip(*updates, strict=True))
                 await connection.execute(PG_EVENT_ARRAYS, *zip(*new_events, strict=True))
             rounds += 1
             executions += sum(1 for update in updates if update[12])
