@@ -239,8 +239,8 @@ class Reconciler:
             await self._last_commit(committing)
 
     async def _last_commit(self, committing: asyncio.Task[RoundStats]) -> None:
-        """On `stop`, the round still committing finishes; the database failing it is logged, as
-        the loop would have, and the executions run again after their leases expire."""
+        """On `stop`, the round still committing finishes. The database failing it is logged, as
+        the loop would have; the round hands its leases back, so its executions run again."""
         try:
             await committing
         except Exception as err:
@@ -304,6 +304,8 @@ class Reconciler:
         return handled
 
     async def _commit_timed(self, handled: _HandledRound, started: float) -> RoundStats:
+        """Commit a handled round and report it, timed from `started`; a failed or cancelled
+        commit hands the round's leases back."""
         if not handled.claimed:
             stats = RoundStats(handled.number, 0, 0, 0, 0)
         else:
@@ -389,10 +391,10 @@ class Reconciler:
         """What happened to each record this round, in order: decided without the plugin when it
         can be (an abort, an expiry, no plugin), else by `handle`, all of them at once.
 
-        Each `handle` runs in a plain asyncio task under one deadline for the round: an anyio task
-        group with a timeout scope per execution cost more than the rest of a one-round task
-        together. The deadline is the same per execution, since they all start together; when a
-        round holds more executions than may run at once, each waits its turn and has its own.
+        The calls share one deadline for the round (see `_handle_all`): an anyio task group with a
+        timeout scope per execution cost more than the rest of a one-round task together. The
+        deadline is the same for each, since they all start together; when a round holds more
+        executions than may run at once, each waits its turn and has a deadline of its own.
         """
         outcomes: list[lifecycle.Outcome | None] = []
         calls: list[tuple[int, Plugin, TaskExecContext]] = []
