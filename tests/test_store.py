@@ -646,3 +646,19 @@ async def test_empty_batches_and_unknown_ids(store: Store) -> None:
     assert await store.events(unknown) == []
     assert await store.request_abort(unknown, "why", now=T0) is AbortResult.NOT_FOUND
     assert await store.list_executions() == []
+
+
+def test_execution_ids_are_uuid7_in_submission_order() -> None:
+    """Time-ordered ids keep the primary keys' B-trees writing near their end (see new_execution_id)."""
+    import time
+    import uuid as uuid_module
+
+    from executor.store.store import new_execution_id
+
+    ids = [new_execution_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid_module.UUID(value) for value in ids]
+    assert all(u.version == 7 and u.variant == uuid_module.RFC_4122 for u in parsed)
+    stamps = [u.int >> 80 for u in parsed]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time_ns() // 1_000_000) < 60_000

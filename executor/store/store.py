@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,21 @@ class _Aiosqlite:
             raise DBAPIError.instance(sql, parameters, err, sqlite3.Error) from err
 
 
+def new_execution_id() -> str:
+    """A fresh execution id: a UUID of version 7 (RFC 9562), its first 48 bits the time in ms.
+
+    Ids in submission order keep the primary keys' and the events' B-trees writing near their
+    end. Random ids (version 4) sent each round's 256 updates and event inserts to 256 pages
+    spread over the whole index: with a million finished executions in the table, every round
+    dirtied that many more pages and every WAL checkpoint wrote them back.
+    """
+    milliseconds = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    random = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
+    rand_a, rand_b = random >> 68, random & ((1 << 62) - 1)
+    value = (milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
 def dialect_for(url: str) -> Dialect:
     if url.startswith("sqlite"):
         return sqlite.DIALECT
@@ -196,7 +213,7 @@ class Store:
                 if key is not None and key in known:
                     ids.append(known[key])
                     continue
-                execution_id = str(uuid.uuid4())
+                execution_id = new_execution_id()
                 if key is not None:
                     known[key] = execution_id
                 ids.append(execution_id)
