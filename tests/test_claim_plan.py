@@ -174,20 +174,37 @@ async def test_sqlite_scans_when_the_predicate_is_not_the_index_one(
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
 
-async def _fill_postgres(store: Store, finished: int) -> None:
+async def _insert_postgres_rows(store: Store, count: int, *, finished: bool) -> None:
+    """`count` rows, due (or finished) one second apart before T0, their statistics gathered."""
+    prefix, phase, rounds = ("done", 6, 1) if finished else ("pending", 3, 0)
     async with store.engine.begin() as conn:
         await conn.execute(
             text(
                 "INSERT INTO executions (id, task_type, inputs, labels, priority, phase, phase_version, "
                 "plugin_state_version, attempt, max_attempts, system_failures, event_seq, rounds, "
                 "created_at, updated_at, next_round_at, abort_requested, finalized) "
-                "SELECT 'done-' || lpad(i::text, 8, '0'), 'echo', '{}', '{}', 0, 6, 0, 0, 1, 1, 0, 1, 1, "
-                "CAST(:t0 AS double precision) - i, CAST(:t0 AS double precision) - i, "
-                "CAST(:t0 AS double precision) - i, false, true "
+                "SELECT :prefix || '-' || lpad(i::text, 8, '0'), 'echo', '{}', '{}', 0, :phase, 0, 0, 1, 1, "
+                "0, 1, :rounds, CAST(:t0 AS double precision) - i, CAST(:t0 AS double precision) - i, "
+                "CAST(:t0 AS double precision) - i, false, :finished "
                 "FROM generate_series(1, CAST(:count AS integer)) AS i"
             ),
-            {"count": finished, "t0": T0},
+            {
+                "count": count,
+                "t0": T0,
+                "prefix": prefix,
+                "phase": phase,
+                "rounds": rounds,
+                "finished": finished,
+            },
         )
+    async with store.engine.connect() as conn:
+        await conn.execute(text("ANALYZE executions"))
+        await conn.commit()
+
+
+async def _fill_postgres(store: Store, finished: int) -> None:
+    """`finished` rows done and five pending ones."""
+    await _insert_postgres_rows(store, finished, finished=True)
     await store.submit_many([Submission("echo") for _ in range(5)], now=T0)
     async with store.engine.connect() as conn:
         await conn.execute(text("ANALYZE executions"))
@@ -225,32 +242,12 @@ async def test_postgres_claim_uses_the_partial_index(postgres_store: Store) -> N
     assert len(claimed) == 5
 
 
-async def _fill_pending(store: Store, count: int) -> None:
-    """`count` rows due one second apart, all pending, their statistics gathered."""
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO executions (id, task_type, inputs, labels, priority, phase, phase_version, "
-                "plugin_state_version, attempt, max_attempts, system_failures, event_seq, rounds, "
-                "created_at, updated_at, next_round_at, abort_requested, finalized) "
-                "SELECT 'pending-' || lpad(i::text, 8, '0'), 'echo', '{}', '{}', 0, 3, 0, 0, 1, 1, 0, 1, 0, "
-                "CAST(:t0 AS double precision), CAST(:t0 AS double precision), "
-                "CAST(:t0 AS double precision) - i, false, false "
-                "FROM generate_series(1, CAST(:count AS integer)) AS i"
-            ),
-            {"t0": T0, "count": count},
-        )
-    async with store.engine.connect() as conn:
-        await conn.execute(text("ANALYZE executions"))
-        await conn.commit()
-
-
 async def test_postgres_claim_looks_picked_rows_up_by_key_however_many_are_pending(
     postgres_store: Store,
 ) -> None:
     """With every row pending, `id IN (SELECT ...)` was planned as a hash join against a scan of
     the whole table: each claim read every pending row. The claim must stay O(batch)."""
-    await _fill_pending(postgres_store, 20_000)
+    await _insert_postgres_rows(postgres_store, 20_000, finished=False)
 
     update_plan = await postgres_plan(
         postgres_store, postgres.DIALECT.claim_sql, {**PARAMS, "owner": "o", "token": "t", "lease_ttl": 30}
@@ -272,7 +269,7 @@ async def test_postgres_commit_looks_each_row_up_by_key_whatever_the_token_stati
     from executor.core import PhaseInfo, do_transition
     from executor.store.store import _grouped_updates
 
-    await _fill_pending(postgres_store, 20_000)
+    await _insert_postgres_rows(postgres_store, 20_000, finished=False)
     claimed = await postgres_store.claim(owner="o", token="t", limit=256, lease_ttl=30, now=T0 + 10)
     handled = lifecycle.Handled(do_transition(PhaseInfo.running(0)))
     updates = [lifecycle.advance(record, handled, T0 + 11, lifecycle.Policy()) for record in claimed]
