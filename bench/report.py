@@ -227,13 +227,16 @@ METHOD = (
     "The daemon is the real loop (`Reconciler.run()`) over the real store, in the benchmark's "
     "process, with default settings (batch 256, max parallelism 256; see Sizes) except "
     "`EXECUTOR_LOG_LEVEL=warning`; plugins load from `EXECUTOR_PLUGINS_DIR` (the project's `plugins/` plus "
-    "`bench/plugins/`). Throughput runs from the start of the first round to the end of the last "
+    "`bench/plugins/`), and the garbage collector is tuned as `executor run` tunes it once started "
+    "(`executor.daemon.tune_gc`). Throughput runs from the start of the first round to the end of the last "
     "(its commit and the recording of `finalize`), every execution checked SUCCESS and finalized.",
     "Scenario 3, the raw-SQL limit, is measured inside scenarios 1 and 2 (`bench/raw.py`): a "
     "bare loop on the same driver and the same schema: the "
     "store's claim statement (partial index, lease, `RETURNING` the whole row), then one transaction "
     "with one batched UPDATE of phase, state and outputs fenced by the lease token and one batched "
-    "INSERT of one event per execution. No plugin, no lifecycle, no SQLAlchemy, no separate "
+    "INSERT of one event per execution (executemany on SQLite; on PostgreSQL one UPDATE ... FROM "
+    "unnest and one INSERT ... SELECT FROM unnest, the statements' shape the store uses there). "
+    "No plugin, no lifecycle, no SQLAlchemy, no separate "
     "finalize step.",
     "Three-round tasks use `bench/plugins/three_rounds.py`: round 1 writes plugin state, round 2 "
     "reads it and writes it again, round 3 succeeds; each round appends one event. "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import random
 import time
 import types
@@ -621,28 +622,32 @@ class Reconciler:
 
             return await anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
 
-        def blocked(seconds: float) -> None:
-            self.observer.loop_blocked(plugin.id, seconds)
-            tctx.logger.warning(
-                "plugin.blocked_event_loop",
-                plugin=plugin.id,
-                seconds=round(seconds, 3),
-                hint="declare PluginProperties(blocking=True) or make the call non-blocking",
-            )
-
         coroutine = method(tctx)
         # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
         if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):
             return await coroutine
-        return await _timed_steps(coroutine, blocked)
+        # The first step here, timed: most calls end in it, and need no stepping generator.
+        started = time.perf_counter()
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            elapsed = time.perf_counter() - started
+            if elapsed > BLOCKING_STEP_SECONDS:
+                self._blocked(plugin, tctx, elapsed)
+        return await _timed_steps(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
+
+    def _blocked(self, plugin: Plugin, tctx: TaskExecContext, seconds: float) -> None:
+        self.observer.loop_blocked(plugin.id, seconds)
+        tctx.logger.warning(
+            "plugin.blocked_event_loop",
+            plugin=plugin.id,
+            seconds=round(seconds, 3),
+            hint="declare PluginProperties(blocking=True) or make the call non-blocking",
+        )
 
     def _context(self, record: ExecutionRecord, plugin: Plugin, number: int) -> TaskExecContext:
-        def logger() -> Logger:
-            bound: Logger = self._log.bind(
-                execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
-            )
-            return bound
-
         return TaskExecContext(
             record,
             properties=plugin.properties,
@@ -651,10 +656,20 @@ class Reconciler:
             secret_manager=self._secrets,
             output_model=self.plugins.resolver.output_model_for(record.task_type),
             max_payload_bytes=self.settings.max_payload_bytes,
-            logger=logger,
+            logger=functools.partial(self._execution_logger, record, number),
         )
 
+    def _execution_logger(self, record: ExecutionRecord, number: int) -> Logger:
+        """`tctx.logger`: made when a plugin first logs, its lines carrying the execution's ids."""
+        bound: Logger = self._log.bind(
+            execution_id=record.id, task_type=record.task_type, attempt=record.attempt, round=number
+        )
+        return bound
+
     def _log_transitions(self, number: int, updates: list[RecordUpdate], committed: frozenset[str]) -> None:
+        enabled = getattr(self._log, "is_enabled_for", None)  # structlog's filtering loggers have it
+        if enabled is not None and not enabled(logging.INFO):
+            return  # a line per event, each built for nothing, was a tenth of a one-round task
         for update in updates:
             if not update.events or update.record.id not in committed:
                 continue
@@ -675,25 +690,25 @@ class Reconciler:
 
 @types.coroutine
 def _timed_steps(
-    coroutine: Coroutine[Any, Any, Any], blocked: Callable[[float], None]
+    coroutine: Coroutine[Any, Any, Any], awaited: Any, blocked: Callable[[float], None]
 ) -> Generator[Any, Any, Any]:
-    """Drive `coroutine` like `await` does, timing each step it runs on the event loop."""
-    to_send: Any = None
-    to_throw: BaseException | None = None
+    """Go on driving `coroutine`, suspended on `awaited`, like `await` does, timing each step it
+    runs on the event loop."""
     while True:
+        sent, thrown = None, None
+        try:
+            sent = yield awaited
+        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
+            thrown = err
         started = time.perf_counter()
         try:
-            yielded = coroutine.throw(to_throw) if to_throw is not None else coroutine.send(to_send)
+            awaited = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
         except StopIteration as stop:
             return stop.value
         finally:
             elapsed = time.perf_counter() - started
             if elapsed > BLOCKING_STEP_SECONDS:
                 blocked(elapsed)
-        try:
-            to_send, to_throw = (yield yielded), None
-        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
-            to_send, to_throw = None, err
 
 
 @types.coroutine
