@@ -783,6 +783,19 @@ def _transition_problem(returned: object) -> str | None:
     left to `lifecycle.advance` or to the commit, it would raise there and sink the whole round
     (and, after a restart, the round that claims it again).
     """
+    if type(returned) is Transition:  # the usual answer, checked at once
+        info = returned.phase_info
+        requeue = returned.requeue_after
+        if (
+            type(info) is PhaseInfo
+            and type(info.phase) is Phase
+            and type(info.version) is int
+            and (info.reason is None or type(info.reason) is str)
+            and info.error is None
+            and info.info is None
+            and (requeue is None or type(requeue) is timedelta)
+        ):
+            return None
     if not isinstance(returned, Transition):
         return f"handle returned {_describe(returned)}, expected a Transition"
     info = returned.phase_info

@@ -141,6 +141,8 @@ class PhaseInfo:
 
     @classmethod
     def success(cls, info: TaskInfo | None = None) -> PhaseInfo:
+        if info is None and cls is PhaseInfo:
+            return _SUCCESS  # frozen, so one serves every plugin that succeeds with nothing to add
         return cls(Phase.SUCCESS, info=info)
 
     @classmethod
@@ -192,6 +194,9 @@ class PhaseInfo:
             info=info,
             cleanup_on_failure=cleanup_on_failure,
         )
+
+
+_SUCCESS = PhaseInfo(Phase.SUCCESS)
 
 
 def utcnow() -> datetime:

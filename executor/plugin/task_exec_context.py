@@ -74,7 +74,7 @@ class OutputWriter:
         except (TypeError, ValueError) as err:
             self.problem = ("OutputsUnserialisable", f"outputs cannot be serialised to JSON: {err}")
             return
-        size = len(text.encode())
+        size = len(text)  # the encoder escapes all but ASCII (ensure_ascii): one byte a character
         if self._max_bytes is not None and size > self._max_bytes:
             self.problem = (
                 "OutputsTooLarge",
