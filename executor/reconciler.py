@@ -510,7 +510,16 @@ class Reconciler:
         """`handle`, and what it came to: a transition, or why it was not one."""
         started = time.perf_counter()
         try:
-            returned = await self._call(plugin, plugin.handle, tctx)
+            if plugin.properties.blocking:
+                returned = await self._call(plugin, plugin.handle, tctx)
+            else:  # `_call`'s own steps, without a coroutine of its own: this runs for every execution
+                coroutine = plugin.handle(tctx)
+                if type(coroutine) is types.CoroutineType or isinstance(coroutine, Coroutine):
+                    done, returned = self._first_step(plugin, tctx, coroutine)
+                    if not done:
+                        returned = await self._later_steps(plugin, tctx, coroutine, returned)
+                else:
+                    returned = await coroutine
         except PluginStateError as err:
             outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
         except Exception as err:
@@ -626,16 +635,27 @@ class Reconciler:
         # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
         if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):
             return await coroutine
-        # The first step here, timed: most calls end in it, and need no stepping generator.
+        done, returned = self._first_step(plugin, tctx, coroutine)
+        return returned if done else await self._later_steps(plugin, tctx, coroutine, returned)
+
+    def _first_step(
+        self, plugin: Plugin, tctx: TaskExecContext, coroutine: Coroutine[Any, Any, Any]
+    ) -> tuple[bool, Any]:
+        """Run a plugin call's first step here, timed: (True, what it returned) when the call
+        ended in it, as most do; else (False, what it awaits) for `_later_steps`."""
         started = time.perf_counter()
         try:
-            awaited = coroutine.send(None)
+            return False, coroutine.send(None)
         except StopIteration as stop:
-            return stop.value
+            return True, stop.value
         finally:
             elapsed = time.perf_counter() - started
             if elapsed > BLOCKING_STEP_SECONDS:
                 self._blocked(plugin, tctx, elapsed)
+
+    async def _later_steps(
+        self, plugin: Plugin, tctx: TaskExecContext, coroutine: Coroutine[Any, Any, Any], awaited: Any
+    ) -> Any:
         return await _timed_steps(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
 
     def _blocked(self, plugin: Plugin, tctx: TaskExecContext, seconds: float) -> None:
