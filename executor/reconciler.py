@@ -422,9 +422,10 @@ class Reconciler:
         if record.abort_requested:
             # The plugin's `abort` (when the attempt had started), then `finalize`, run in the clean-up.
             return lifecycle.AbortRequested(record.abort_reason or "Aborted")
-        lapsed = lifecycle.expired(record, now)
-        if lapsed is not None:
-            return lapsed  # not handled again: its clean-up stops whatever still runs
+        if record.deadline_at is not None or record.timeout is not None:  # most have neither
+            lapsed = lifecycle.expired(record, now)
+            if lapsed is not None:
+                return lapsed  # not handled again: its clean-up stops whatever still runs
         if plugin is None:
             return lifecycle.NoPlugin(record.task_type, tuple(self.plugins.task_types))
         return None
@@ -766,12 +767,14 @@ def _handled(returned: object, tctx: TaskExecContext) -> lifecycle.Outcome:
     invalid = _transition_problem(returned)
     if invalid is not None:
         return lifecycle.Rejected("InvalidTransition", invalid)
-    for problem in (tctx.state.problem, tctx.output_writer.problem):
+    state = tctx.state_used
+    for problem in (state.problem if state is not None else None, tctx.output_writer.problem):
         if problem is not None:
             return lifecycle.Rejected(*problem)
     assert isinstance(returned, Transition)  # checked by _transition_problem
     writer = tctx.output_writer
-    return lifecycle.Handled(returned, tctx.state.change, writer.outputs, writer.outputs_json)
+    change = state.change if state is not None else None
+    return lifecycle.Handled(returned, change, writer.outputs, writer.outputs_json)
 
 
 def _trivial_cleanup(plugin: Plugin | None) -> lifecycle.Cleanup | None:

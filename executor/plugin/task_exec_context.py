@@ -132,25 +132,25 @@ class SecretManager:
 class TaskExecContext:
     """The real `TaskExecutionContext` of one execution in one round.
 
-    Built for every execution of every round, and most plugins read only their inputs and state:
-    the metadata, the bound logger and the resource manager are made on first use.
+    Built for every execution of every round, and most plugins read only their inputs (and some
+    their state): the state manager, the metadata, the bound logger and the resource manager are
+    made on first use.
     """
 
     __slots__ = (
         "_logger",
         "_make_logger",
         "_make_resources",
+        "_max_state_bytes",
         "_metadata",
         "_properties",
         "_record",
         "_resources",
+        "_state",
         "input_reader",
         "lease_token",
         "output_writer",
-        "plugin_state_reader",
-        "plugin_state_writer",
         "secret_manager",
-        "state",
     )
 
     def __init__(
@@ -174,9 +174,8 @@ class TaskExecContext:
         self._resources: ResourceManager | None = None
         self.input_reader = InputReader(record.inputs)
         self.output_writer = OutputWriter(output_model, max_payload_bytes)
-        self.state = PluginStateManager(record.plugin_state, record.plugin_state_version, max_state_bytes)
-        self.plugin_state_reader = self.state
-        self.plugin_state_writer = self.state
+        self._max_state_bytes = max_state_bytes
+        self._state: PluginStateManager | None = None
         self.secret_manager = secret_manager
         #: The lease this round holds the execution under. Not part of the plugin contract: the
         #: fencing tests record it to prove that no two replicas commit the same round.
@@ -199,6 +198,29 @@ class TaskExecContext:
                 generated_name=generated_name,
             )
         return self._metadata
+
+    @property
+    def state(self) -> PluginStateManager:
+        """The plugin state's reader and writer in one (see `PluginStateManager`)."""
+        if self._state is None:
+            record = self._record
+            self._state = PluginStateManager(
+                record.plugin_state, record.plugin_state_version, self._max_state_bytes
+            )
+        return self._state
+
+    @property
+    def plugin_state_reader(self) -> PluginStateManager:
+        return self.state
+
+    @property
+    def plugin_state_writer(self) -> PluginStateManager:
+        return self.state
+
+    @property
+    def state_used(self) -> PluginStateManager | None:
+        """The state manager if the plugin read or wrote its state this round, else None."""
+        return self._state
 
     @property
     def logger(self) -> Logger:
