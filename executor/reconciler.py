@@ -169,6 +169,8 @@ class Reconciler:
         self._secrets = SecretManager(settings.secret_env_prefix, settings.secrets_dir, on_read=REDACTOR.add)
         self._log = get_logger(replica=settings.replica_id)
         self.observer: RoundObserver = observer or NullObserver()
+        # The plugins and their models are fixed once loaded: each task type is resolved once.
+        self._output_model_for = functools.cache(plugins.resolver.output_model_for)
         #: The leases of the rounds under way (two while a commit overlaps the next round): token -> ids.
         self._in_flight: dict[str, list[str]] = {}
 
@@ -675,7 +677,7 @@ class Reconciler:
             max_state_bytes=self.settings.max_plugin_state_bytes,
             resource_manager=functools.partial(self._quotas.for_execution, record.id),
             secret_manager=self._secrets,
-            output_model=self.plugins.resolver.output_model_for(record.task_type),
+            output_model=self._output_model_for(record.task_type),
             max_payload_bytes=self.settings.max_payload_bytes,
             logger=functools.partial(self._execution_logger, record, number),
         )
