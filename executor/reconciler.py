@@ -457,7 +457,7 @@ class Reconciler:
             try:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        outcomes.append(await _resumed(call, awaited))
+                        outcomes.append(await _stepped(call, awaited))
                 except TimeoutError:
                     outcomes.append(self._timed_out(plugin, tctx))
                 outcomes += await self._settled(tasks, rest, deadline)
@@ -513,16 +513,9 @@ class Reconciler:
         """`handle`, and what it came to: a transition, or why it was not one."""
         started = time.perf_counter()
         try:
-            if plugin.properties.blocking:
-                returned = await self._call(plugin, plugin.handle, tctx)
-            else:  # `_call`'s own steps, without a coroutine of its own: this runs for every execution
-                coroutine = plugin.handle(tctx)
-                if type(coroutine) is types.CoroutineType or isinstance(coroutine, Coroutine):
-                    done, returned = self._first_step(plugin, tctx, coroutine)
-                    if not done:
-                        returned = await self._later_steps(plugin, tctx, coroutine, returned)
-                else:
-                    returned = await coroutine
+            done, returned = self._start_call(plugin, plugin.handle, tctx)
+            if not done:
+                returned = await returned
         except PluginStateError as err:
             outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
         except Exception as err:
@@ -624,42 +617,41 @@ class Reconciler:
     async def _call(
         self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext
     ) -> Any:
-        """Call a plugin method. A plugin that declares itself blocking runs on a worker thread
-        with an event loop of its own; any other is timed step by step, so that one which blocks
-        the loop anyway is named in a warning instead of silently slowing every execution."""
+        """Call a plugin method (see `_start_call`) and wait for what it returns."""
+        done, returned = self._start_call(plugin, method, tctx)
+        return returned if done else await returned
+
+    def _start_call(
+        self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext
+    ) -> tuple[bool, Any]:
+        """Start a plugin call: (True, what it returned) when it ended in its first step, as most
+        do, else (False, an awaitable of what it will return).
+
+        A plugin that declares itself blocking runs on a worker thread with an event loop of its
+        own. Any other runs its first step here, at once: a call that needs no second step needs
+        no coroutine of the loop's either. Each step is timed, so that a plugin which blocks the
+        loop anyway is named in a warning instead of silently slowing every execution.
+        """
         if plugin.properties.blocking:
 
             def in_thread() -> Any:
                 return asyncio.run(method(tctx))  # type: ignore[arg-type]
 
-            return await anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
-
+            return False, anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
         coroutine = method(tctx)
         # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
         if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):
-            return await coroutine
-        done, returned = self._first_step(plugin, tctx, coroutine)
-        return returned if done else await self._later_steps(plugin, tctx, coroutine, returned)
-
-    def _first_step(
-        self, plugin: Plugin, tctx: TaskExecContext, coroutine: Coroutine[Any, Any, Any]
-    ) -> tuple[bool, Any]:
-        """Run a plugin call's first step here, timed: (True, what it returned) when the call
-        ended in it, as most do; else (False, what it awaits) for `_later_steps`."""
+            return False, coroutine
         started = time.perf_counter()
         try:
-            return False, coroutine.send(None)
+            awaited = coroutine.send(None)
         except StopIteration as stop:
             return True, stop.value
         finally:
             elapsed = time.perf_counter() - started
             if elapsed > BLOCKING_STEP_SECONDS:
                 self._blocked(plugin, tctx, elapsed)
-
-    async def _later_steps(
-        self, plugin: Plugin, tctx: TaskExecContext, coroutine: Coroutine[Any, Any, Any], awaited: Any
-    ) -> Any:
-        return await _timed_steps(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
+        return False, _stepped(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
 
     def _blocked(self, plugin: Plugin, tctx: TaskExecContext, seconds: float) -> None:
         self.observer.loop_blocked(plugin.id, seconds)
@@ -712,11 +704,12 @@ class Reconciler:
 
 
 @types.coroutine
-def _timed_steps(
-    coroutine: Coroutine[Any, Any, Any], awaited: Any, blocked: Callable[[float], None]
+def _stepped(
+    coroutine: Coroutine[Any, Any, Any], awaited: Any, blocked: Callable[[float], None] | None = None
 ) -> Generator[Any, Any, Any]:
-    """Go on driving `coroutine`, suspended on `awaited`, like `await` does, timing each step it
-    runs on the event loop."""
+    """Go on driving `coroutine`, started by this task and suspended on `awaited`, as `await`
+    would have: what the event loop sends or throws in reaches it. With `blocked`, each step is
+    timed, and one that held the loop too long is reported to it."""
     while True:
         sent, thrown = None, None
         try:
@@ -730,24 +723,8 @@ def _timed_steps(
             return stop.value
         finally:
             elapsed = time.perf_counter() - started
-            if elapsed > BLOCKING_STEP_SECONDS:
+            if blocked is not None and elapsed > BLOCKING_STEP_SECONDS:
                 blocked(elapsed)
-
-
-@types.coroutine
-def _resumed(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
-    """Go on driving `coroutine`, which this task started and which suspended on `awaited`,
-    as `await` would have: what the event loop sends or throws in reaches it."""
-    while True:
-        sent, thrown = None, None
-        try:
-            sent = yield awaited
-        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
-            thrown = err
-        try:
-            awaited = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
-        except StopIteration as stop:
-            return stop.value
 
 
 #: Stands in for the limiter when a round holds no more executions than may run at once.
