@@ -31,7 +31,7 @@ class Phase(enum.IntEnum):
     @property
     def is_terminal(self) -> bool:
         """True when this attempt is over (as in Flyte, a retryable failure ends the attempt)."""
-        return self in _TERMINAL
+        return self in TERMINAL_PHASES
 
     @property
     def is_success(self) -> bool:
@@ -47,7 +47,8 @@ class Phase(enum.IntEnum):
         return self in FINAL_PHASES
 
 
-_TERMINAL = frozenset({Phase.SUCCESS, Phase.RETRYABLE_FAILURE, Phase.PERMANENT_FAILURE, Phase.ABORTED})
+#: Phases an attempt ends in (`Phase.is_terminal`); a membership test here skips the property.
+TERMINAL_PHASES = frozenset({Phase.SUCCESS, Phase.RETRYABLE_FAILURE, Phase.PERMANENT_FAILURE, Phase.ABORTED})
 
 #: Phases an execution ends in. A retryable failure never stays in the store: the lifecycle turns
 #: it into a new attempt or into a permanent failure.

@@ -198,7 +198,7 @@ class Replica(BaseModel):
     heartbeat_at: str | None = None
     rounds: int | None = None
     last_round_at: str | None = None
-    in_flight: int | None = Field(None, description="Executions in its round under way.")
+    in_flight: int | None = Field(None, description="Executions of its rounds under way.")
     executions_leased: int = Field(description="Executions it holds an unexpired lease on.")
 
 

@@ -7,7 +7,6 @@ nothing: claims read the partial index of rows that still need a round.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import os
@@ -26,7 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from executor.core import ExecutionError, Phase
-from executor.core.records import EventRecord, ExecutionRecord, RecordDraft, RecordUpdate, frozen_record
+from executor.core.phase import TERMINAL_PHASES
+from executor.core.records import (
+    RECORD_FIELDS,
+    EventRecord,
+    ExecutionRecord,
+    RecordDraft,
+    RecordUpdate,
+    frozen_record,
+)
 from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
 from executor.store.tables import events, executions
@@ -750,7 +757,7 @@ _RECORD_FIELDS = (
     "lease_token",
     "lease_expires_at",
 )
-if tuple(item.name for item in dataclasses.fields(ExecutionRecord)) != _RECORD_FIELDS:
+if RECORD_FIELDS != _RECORD_FIELDS:
     raise RuntimeError("ExecutionRecord's fields changed: update _record and _RECORD_FIELDS to match")
 
 #: A stored phase (its integer value) to the phase: a dictionary lookup, where `Phase(value)` runs
@@ -1013,7 +1020,7 @@ def _grouped_updates(
     for item in updates:
         record = item.record
         phase = record.phase
-        terminal = phase in _TERMINAL
+        terminal = phase in TERMINAL_PHASES
         # An attempt that just ended keeps its lease for the clean-up this round runs next, so no
         # other replica runs `abort`/`finalize` meanwhile; a clean-up that failed lets it go.
         finalized, finalize_failures = record.finalized, record.finalize_failures
@@ -1082,6 +1089,3 @@ def _event_params(event: EventRecord) -> tuple[Any, ...]:
 
 #: Phases as the integers stored: `int(phase)` on an IntEnum cost more than this lookup.
 _PHASE_VALUE: dict[Phase, int] = {phase: int(phase) for phase in Phase}
-
-#: The phases that end an attempt (`Phase.is_terminal`), for a membership test without the property.
-_TERMINAL = frozenset(phase for phase in Phase if phase.is_terminal)
