@@ -7,6 +7,7 @@ Times are seconds since the epoch (floats): they compare and index the same in e
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -63,6 +64,11 @@ class ExecutionRecord:
     lease_token: str | None = None
     lease_expires_at: float | None = None
 
+
+#: JSON as the store keeps it: compact, ASCII only (so its length is its size in bytes), no NaN.
+#: One encoder made once: `json.dumps` with options builds a new one per call, which cost more
+#: than encoding a small object. The output writer's text is stored as it is, so both use this.
+encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode
 
 #: Every field of an execution record, in the order of its constructor's parameters.
 RECORD_FIELDS: Final = tuple(field.name for field in fields(ExecutionRecord))

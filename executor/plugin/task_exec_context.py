@@ -6,7 +6,6 @@ Everything is in memory: the inputs and state came with the claim, and what the 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from executor.core import (
     SecretNotFoundError,
     TaskExecutionMetadata,
 )
-from executor.core.records import ExecutionRecord
+from executor.core.records import ExecutionRecord, encode_json
 from executor.plugin.state_manager import PluginStateManager
 
 
@@ -34,10 +33,6 @@ class InputReader:
 
     async def get(self) -> dict[str, Any]:
         return dict(self._inputs)
-
-
-#: One encoder for every output: `json.dumps` with options builds a new one per call.
-_encode_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
 class OutputWriter:
@@ -70,11 +65,11 @@ class OutputWriter:
                 )
                 return
         try:
-            text = _encode_json(outputs)
+            text = encode_json(outputs)
         except (TypeError, ValueError) as err:
             self.problem = ("OutputsUnserialisable", f"outputs cannot be serialised to JSON: {err}")
             return
-        size = len(text)  # the encoder escapes all but ASCII (ensure_ascii): one byte a character
+        size = len(text)  # ASCII only: one byte a character
         if self._max_bytes is not None and size > self._max_bytes:
             self.problem = (
                 "OutputsTooLarge",

@@ -32,16 +32,12 @@ from executor.core.records import (
     ExecutionRecord,
     RecordDraft,
     RecordUpdate,
+    encode_json,
     frozen_record,
 )
 from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
 from executor.store.tables import events, executions
-
-#: `json.dumps(value, separators=(",", ":"), allow_nan=False)`, with the encoder made once: with
-#: any argument but the value, `json.dumps` builds a new encoder on every call, which cost more
-#: than encoding a small object. A commit encodes the outputs of every execution in its round.
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,9 +582,9 @@ def _new_row(execution_id: str, submission: Submission, now: float) -> dict[str,
     return {
         "id": execution_id,
         "task_type": submission.task_type,
-        "inputs": _dumps(dict(submission.inputs)),
+        "inputs": encode_json(dict(submission.inputs)),
         "outputs": None,
-        "labels": _dumps(dict(submission.labels)),
+        "labels": encode_json(dict(submission.labels)),
         "priority": submission.priority,
         "phase": int(Phase.QUEUED),
         "phase_version": 0,
@@ -768,7 +764,7 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 
 def _json(text: str) -> Any:
-    """`json.loads(text)`, faster for the compact JSON the store writes (see `_dumps`).
+    """`json.loads(text)`, faster for the compact JSON the store writes (see `encode_json`).
 
     `json.loads` runs two regular expressions around the C scanner, for surrounding whitespace,
     which cost as much as decoding a small object. `raw_decode` decodes from the first character;
@@ -923,7 +919,7 @@ class _RoundSql:
 
     def id_list(self, ids: list[str]) -> Any:
         """A list of ids as the one parameter `still_leased` and `release` take."""
-        return ids if self._numbered else _dumps(ids)
+        return ids if self._numbered else encode_json(ids)
 
     def update(self, with_state: bool, with_outputs: bool) -> str:
         """The update of one shape of change; rows come from `_grouped_updates`, in this order:
@@ -1032,15 +1028,15 @@ def _grouped_updates(
         if item.outputs_changed:
             outputs, encoded = record.outputs, item.outputs_json
             if encoded is None and outputs is not None:
-                encoded = _dumps(outputs)
+                encoded = encode_json(outputs)
             heavy += (encoded,)
         next_round_at = record.next_round_at
         row = (
             _PHASE_VALUE[phase],
             record.phase_version,
             record.reason,
-            _dumps(error.to_dict()) if error else None,
-            _dumps(info) if info is not None else None,
+            encode_json(error.to_dict()) if error else None,
+            encode_json(info) if info is not None else None,
             record.attempt,
             record.system_failures,
             record.event_seq,
@@ -1081,8 +1077,8 @@ def _event_params(event: EventRecord) -> tuple[Any, ...]:
         _PHASE_VALUE[event.phase],
         event.phase_version,
         event.reason,
-        _dumps(error.to_dict()) if error else None,
-        _dumps(info) if info is not None else None,
+        encode_json(error.to_dict()) if error else None,
+        encode_json(info) if info is not None else None,
         event.occurred_at,
     )
 
