@@ -1,5 +1,15 @@
 """The SQL store: tables, queries, and the few statements that differ per dialect."""
 
-from executor.store.store import AbortResult, CommitResult, Store, StoreError, Submission, create_engine
+from executor.store.errors import StoreError, StoreRefused, StoreUnavailable
+from executor.store.store import AbortResult, CommitResult, Store, Submission, create_engine
 
-__all__ = ["AbortResult", "CommitResult", "Store", "StoreError", "Submission", "create_engine"]
+__all__ = [
+    "AbortResult",
+    "CommitResult",
+    "Store",
+    "StoreError",
+    "StoreRefused",
+    "StoreUnavailable",
+    "Submission",
+    "create_engine",
+]

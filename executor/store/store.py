@@ -37,6 +37,7 @@ from executor.core.records import (
 )
 from executor.store import notify, postgres, sqlite
 from executor.store.dialect import Dialect
+from executor.store.errors import StoreError
 from executor.store.tables import events, executions
 
 
@@ -73,10 +74,6 @@ class CommitResult:
     lost: frozenset[str]
     #: Quota tokens released with the commit, per execution (see `commit_round`).
     released: Mapping[str, int] = field(default_factory=dict)
-
-
-class StoreError(Exception):
-    pass
 
 
 class _Aiosqlite:

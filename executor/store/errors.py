@@ -1,0 +1,35 @@
+"""The store's own errors: what callers outside `executor/store/` catch instead of SQLAlchemy's.
+
+The one distinction every caller needs is between a database that is not there (retry later, report
+an outage: `StoreUnavailable`) and a value the database refused (the caller's fault: `StoreRefused`,
+never an outage). Everything else about the driver stays inside the store.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Any failure of the store that is not a bug in the caller."""
+
+
+class StoreUnavailable(StoreError):  # noqa: N818 -- the name the issue and callers use
+    """The database or the connection to it failed: the same call may succeed later."""
+
+
+class StoreRefused(StoreError):  # noqa: N818
+    """The database refused a value (out of range, a character it cannot store): not an outage."""
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """Whether `err` (or every error of a group) is the database being away, which the loop retries.
+
+    Transitional: the store raises `StoreUnavailable` at its edge; driver errors that still escape
+    it are recognised here, the only place outside the store's statements that knows their types.
+    """
+    if isinstance(err, BaseExceptionGroup):  # store calls made inside a task group
+        return all(is_unavailable(inner) for inner in err.exceptions)
+    if isinstance(err, StoreUnavailable | OSError | ConnectionError):
+        return True
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(err, DBAPIError | OperationalError) and not isinstance(err, StoreRefused)
