@@ -28,10 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report as reporting
+from bench.catalog import SCENARIOS
 from bench.daemon import REPO_ROOT, plugins_directory
 from bench.databases import PostgresBackend, SqliteBackend
 from bench.harness import FULL, SMOKE, Progress, Report, Sizes
-from bench.scenarios import SCENARIOS, Context
+from bench.scenarios import Context
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 

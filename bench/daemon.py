@@ -80,8 +80,10 @@ class _Counter(NullObserver):
             if stats.claimed >= self.batch_size:
                 self.full_round_seconds.append(seconds)
         self.finalized += stats.finalized
-        # Stop once all are done, or when nothing was claimable (the caller checks the count).
-        done = self.finalized >= self.expected or not stats.claimed
+        # Stop once all are done, or when nothing was claimable and no call is still running
+        # (the caller checks the count).
+        idle = not stats.claimed and (self.reconciler is None or self.reconciler.in_flight == 0)
+        done = self.finalized >= self.expected or idle
         if done and self.reconciler is not None:
             self.reconciler.stop()
 

@@ -36,6 +36,14 @@ class Sizes:
     #: EXECUTOR_POLL_INTERVAL for the daemon processes; empty keeps the daemon's default. Only
     #: the smoke run sets it, so that a store without wake-ups does not cost it a second a sample.
     daemon_poll_interval: str = ""
+    #: Scenario 8: one-round executions per run, the share of them that are slow, and how long
+    #: each slow `handle` takes.
+    stragglers: int = 20_000
+    straggler_share: float = 0.01
+    straggler_seconds: float = 0.5
+    #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
+    pickup_seconds: float = 12.0
+    busy_seconds: float = 5.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -56,6 +64,10 @@ SMOKE = Sizes(
     daemon_poll_interval="50ms",
     peer_jobs=30,
     procrastinate_jobs=20,
+    stragglers=200,
+    straggler_seconds=0.05,
+    pickup_seconds=1.0,
+    busy_seconds=0.5,
 )
 
 

@@ -1,0 +1,144 @@
+"""Scenarios 8 and 9: executions that do not wait for each other (issue 12).
+
+Every other scenario runs no-op handles, so a loop whose round waits for its slowest call looks
+fine there. These put slow calls beside fast ones: 8 measures throughput when 1% of the calls take
+half a second (awaiting, as a remote call does, or blocking a worker thread), against the same run
+with no slow calls; 9 measures how soon a fresh submission is first handled while ten calls each
+take five seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from bench import daemon
+from bench.databases import Backend, PostgresBackend, submit
+from bench.harness import percentile
+from bench.scenarios import DAEMON, EXEC_PER_S, Context, _one_latency
+from executor.client import Client
+from executor.store import Store, Submission
+
+#: The task types of bench/plugins/stragglers.py (not imported here: importing it registers them).
+WAIT = "bench-wait"
+BLOCK = "bench-block"
+
+S8 = "8. Stragglers: one-round tasks, 1% slow"
+S9 = "9. Pickup under load: submit to first handle while 10 calls take long"
+
+ALL_FAST = "all fast (echo)"
+SLOW_AWAIT = "1% awaiting in handle"
+SLOW_BLOCKING = "1% blocking (blocking=True)"
+
+
+def _with_slow(count: int, share: float, task_type: str, seconds: float) -> list[Submission]:
+    """`count` echo submissions, every (1/share)-th replaced by a slow one, spread evenly."""
+    every = max(round(1 / share), 1) if share > 0 else 0
+    return [
+        Submission(task_type, {"seconds": seconds})
+        if every and i % every == every - 1
+        else Submission("echo", {"i": i})
+        for i in range(count)
+    ]
+
+
+async def stragglers(ctx: Context) -> None:
+    for backend in ctx.backends:
+        await _stragglers_on(ctx, backend)
+
+
+async def _stragglers_on(ctx: Context, backend: Backend) -> None:
+    sizes, store = ctx.sizes, backend.label
+    count = sizes.stragglers
+    scenario = f"{S8}, {count:,}, slow = {sizes.straggler_seconds:g}s"
+    workloads = {
+        ALL_FAST: _with_slow(count, 0.0, "echo", 0.0),
+        SLOW_AWAIT: _with_slow(count, sizes.straggler_share, WAIT, sizes.straggler_seconds),
+        SLOW_BLOCKING: _with_slow(count, sizes.straggler_share, BLOCK, sizes.straggler_seconds),
+    }
+    templates: dict[str, str] = {}
+    for number, (subject, submissions) in enumerate(workloads.items()):
+        template = templates[subject] = f"straggler_tpl_{number}"
+        await backend.create(template)
+        await submit(backend.url(template), submissions)
+        if isinstance(backend, PostgresBackend):
+            await backend.vacuum_analyze(template)
+
+    for number in range(1, sizes.runs + 1):
+        for subject, template in templates.items():  # interleaved: a slowing machine slows all alike
+            await backend.clone(template, "run")
+            try:
+                result = await daemon.drive(backend.url("run"), count, ctx.plugins_dir, sizes.batch_size)
+            finally:
+                await backend.drop("run")
+            ctx.report.measurement(scenario, store, subject, EXEC_PER_S, EXEC_PER_S).values.append(
+                result.executions / result.seconds
+            )
+            ctx.progress(f"{store}: {subject}, run {number}/{sizes.runs} done")
+    for template in templates.values():
+        await backend.drop(template)
+
+    fast = ctx.report.measurement(scenario, store, ALL_FAST, EXEC_PER_S, EXEC_PER_S)
+    for subject in (SLOW_AWAIT, SLOW_BLOCKING):
+        slow = ctx.report.measurement(scenario, store, subject, EXEC_PER_S, EXEC_PER_S)
+        ratio = ctx.report.ratio(f"{scenario}, {store}: {subject} / {ALL_FAST}", slow, fast)
+        ctx.report.target(f"S8 {store}: {subject} >= 0.8 of all fast", ratio.value, 0.8, at_least=True)
+
+
+async def pickup(ctx: Context) -> None:
+    sizes = ctx.sizes
+    scenario = f"{S9}, {sizes.busy_seconds:g}s each, stream for {sizes.pickup_seconds:g}s"
+    for backend in ctx.backends:
+        store = backend.label
+        for number in range(1, sizes.runs + 1):
+            name = "pickup"
+            await backend.create(name)
+            log = ctx.workdir / f"daemon-pickup-{backend.label}.log"
+            process = daemon.DaemonProcess(
+                backend.url(name), ctx.plugins_dir, sizes.batch_size, log, sizes.daemon_poll_interval
+            )
+            try:
+                samples = await _pickup_samples(ctx, backend.url(name), process)
+            finally:
+                process.stop()
+                await backend.drop(name)
+            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+            for metric, value in (("p50", p50), ("p99", p99)):
+                ctx.report.measurement(
+                    scenario, store, DAEMON, metric, "ms", higher_is_better=False
+                ).values.append(1000 * value)
+            ctx.report.measurement(scenario, store, DAEMON, "samples", "samples").values.append(len(samples))
+            ctx.progress(
+                f"{store}: pickup run {number}/{sizes.runs}: p50 {1000 * p50:.1f} ms, "
+                f"p99 {1000 * p99:.1f} ms ({len(samples)} samples)"
+            )
+        p99m = ctx.report.measurement(scenario, store, DAEMON, "p99", "ms")
+        ctx.report.target(
+            f"S9 {store}: pickup p99 under load < 50 ms", p99m.median, 50.0, at_least=False, unit="ms"
+        )
+
+
+async def _pickup_samples(ctx: Context, url: str, process: daemon.DaemonProcess) -> list[float]:
+    """Keep ten busy calls in flight (a fresh ten every `busy_seconds`) while echo-like submissions
+    are timed one after another from submit to their first `handle`."""
+    sizes = ctx.sizes
+    rng = random.Random(9)
+    store = Store.from_url(url)
+    client = Client(store)
+    samples: list[float] = []
+    try:
+        await _one_latency(client, process, limit=60.0)  # warm-up: the process has started
+        stop_at = time.monotonic() + sizes.pickup_seconds
+        next_busy = time.monotonic()
+        while time.monotonic() < stop_at:
+            if time.monotonic() >= next_busy:
+                for _ in range(10):
+                    await client.submit(WAIT, {"seconds": sizes.busy_seconds})
+                next_busy += sizes.busy_seconds
+                await asyncio.sleep(0.05)  # let a round take them up before the stream goes on
+            await asyncio.sleep(rng.uniform(0.01, 0.03))
+            samples.append(await _one_latency(client, process, limit=30.0, poll=sizes.poll_ms / 1000))
+    finally:
+        await client.close()
+    return samples
