@@ -24,7 +24,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import NullObserver, Reconciler, RoundStats
+from executor.runtime import NullObserver, Reconciler, RoundStats
 from executor.settings import load_settings
 from executor.store import Store, Submission
 
