@@ -114,14 +114,15 @@ class Reconciler:
                 try:
                     started = time.perf_counter()
                     handled = await self._rounds.claim_and_handle()
-                    # The previous round's commit: its error, if any, is this round's (released below).
+                    # The previous round's commit: its error, if any, is this one's (which hands
+                    # this round's leases back below).
                     await self._commits.previous()
                     claimed = len(handled.claimed)
                     if self._commits.may_overlap(claimed) and not self._stopping:
                         # More is likely due: claim it while this round commits.
-                        self._commits.start(self._rounds.commit(handled, started))
+                        self._commits.start(self._rounds.finish(handled, started))
                     else:
-                        claimed = (await self._rounds.commit(handled, started)).claimed
+                        await self._rounds.finish(handled, started)
                     if failures:
                         self._log.info("database.reconnected", failed_rounds=failures)
                     failures = 0
@@ -175,7 +176,7 @@ class Reconciler:
 
     async def run_round(self) -> RoundStats:
         """One whole round, claim to commit (the loop may overlap a commit with the next round)."""
-        return await self._rounds.commit(await self._rounds.claim_and_handle(), time.perf_counter())
+        return await self._rounds.finish(await self._rounds.claim_and_handle(), time.perf_counter())
 
 
 def _backoff(failures: int, poll: float) -> float:

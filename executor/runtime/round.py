@@ -46,7 +46,7 @@ class HandledRound:
 
 
 class RoundRunner:
-    """Runs rounds, split where the loop may overlap them: `claim_and_handle`, then `commit`."""
+    """Runs rounds, in two halves the loop may overlap: `claim_and_handle`, then `finish`."""
 
     def __init__(
         self,
@@ -132,9 +132,9 @@ class RoundRunner:
             raise
         return handled
 
-    async def commit(self, handled: HandledRound, started: float) -> RoundStats:
-        """Commit a handled round and report it, timed from `started`; a failed or cancelled
-        commit hands the round's leases back."""
+    async def finish(self, handled: HandledRound, started: float) -> RoundStats:
+        """Commit a handled round, clean up after it and report it, timed from `started`; a failed
+        or cancelled commit hands the round's leases back."""
         if not handled.claimed:
             stats = RoundStats(handled.number, 0, 0, 0, 0)
         else:
