@@ -21,7 +21,7 @@ from executor.core import Phase
 from executor.daemon import setup_plugins, tune_gc
 from executor.logging import configure_logging
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import NullObserver, Reconciler, RoundStats
+from executor.runtime import NullObserver, Reconciler, RoundStats
 from executor.settings import Settings, load_settings
 from executor.store import Store
 

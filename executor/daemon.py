@@ -18,7 +18,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import collect
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.migrate import upgrade

@@ -30,7 +30,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.settings import load_settings
 from executor.store import Store, Submission
 from executor.store.migrate import head_revision, upgrade

@@ -23,7 +23,7 @@ from executor.http import create_app
 from executor.http.api import MAX_BODY_BYTES, Event, Execution, ReplicaList, openapi_document
 from executor.http.metrics import Metrics
 from executor.plugin.registry import LoadedPlugins, TaskTypeResolver
-from executor.reconciler import Reconciler, RoundStats
+from executor.runtime import Reconciler, RoundStats
 from executor.store import Store
 from executor.store.replicas import ReplicaStatus, beat
 

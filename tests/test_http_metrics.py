@@ -12,7 +12,7 @@ import structlog
 from http_support import Served, poll, sample, serve_app
 
 from executor.core import PhaseInfo, Plugin, TaskExecutionContext, Transition, do_transition
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.store import Store, Submission
 
 pytestmark = pytest.mark.anyio

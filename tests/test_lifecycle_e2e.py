@@ -35,7 +35,7 @@ from executor.core.records import ExecutionRecord
 from executor.logging import configure_logging, get_logger
 from executor.plugin.registry import PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.settings import load_settings
 from executor.store import Store, Submission
 from executor.store.quotas import SqlResourceManager

@@ -24,7 +24,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import NullObserver, Reconciler, RoundStats
+from executor.runtime import NullObserver, Reconciler, RoundStats
 from executor.settings import load_settings
 from executor.store import Store, Submission
 
@@ -438,6 +438,30 @@ async def test_the_loop_overlaps_a_full_round_commit_with_the_next_claim_only_on
         assert overlapped > 0
     else:
         assert overlapped == 0
+
+
+async def test_an_observer_set_after_the_reconciler_is_built_hears_the_round_and_each_handle(
+    build: Build, store: Store, clock: FakeClock
+) -> None:
+    """Metrics may be attached by assigning `observer` after construction: the round and the plugin
+    calls (made by parts of the loop that the reconciler built) report to it, not to the first one."""
+    reconciler = await build()
+    await submit(store, clock, ("echo", {"n": 1}), ("no-such-task-type", {}))
+    heard: list[tuple[str, object]] = []
+
+    class Recording(NullObserver):
+        def handle_finished(self, plugin_id: str, outcome: str, seconds: float) -> None:
+            heard.append((plugin_id, outcome))
+
+        def round_finished(self, stats: RoundStats, seconds: float) -> None:
+            heard.append(("round", stats.claimed))
+
+    reconciler.observer = Recording()
+    await reconciler.run_round()
+
+    assert sorted(heard, key=str) == sorted(
+        [("echo", "transition"), ("", "no_plugin"), ("round", 2)], key=str
+    )
 
 
 async def test_handles_that_suspend_run_at_once_with_those_after_them_in_the_round(

@@ -39,7 +39,7 @@ from executor.core import (
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.settings import load_settings
 from executor.store import Store, Submission
 from executor.store import notify as notify_module

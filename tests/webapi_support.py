@@ -270,7 +270,7 @@ class Harness:
         from executor.plugin.loader import load_directory
         from executor.plugin.registry import PluginRegistry, load_plugins
         from executor.plugin.resources import InProcessResourceManager
-        from executor.reconciler import Reconciler
+        from executor.runtime import Reconciler
         from executor.settings import load_settings
 
         registry = PluginRegistry()

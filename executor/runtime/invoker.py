@@ -1,0 +1,246 @@
+"""Starting and stepping plugin calls: `handle` for a round's executions, `abort` and `finalize` for
+its clean-ups, each under its deadline, each step timed so that a plugin that blocks the loop is named.
+
+This is the hot path of a round. Most calls return without ever suspending, so a call runs its first
+step at once, in the round's own task, and costs a task (or a coroutine of the loop's) only when it
+suspends. The invoker knows nothing of the store: it gets its contexts made and hands back outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+import anyio
+
+from executor import lifecycle
+from executor.core import Plugin, PluginStateError
+from executor.plugin.task_exec_context import TaskExecContext
+from executor.redaction import REDACTOR
+from executor.runtime.observer import RoundObserver
+from executor.runtime.outcome import OUTCOME_LABELS, handled
+from executor.runtime.tasks import cancel_and_wait
+
+#: A plugin call that holds the event loop longer than this in one step is reported by name.
+BLOCKING_STEP_SECONDS = 0.1
+
+
+class Call:
+    """One execution's `handle` in a round: pending while `outcome` is None, finished once it is set.
+
+    It stands where a tuple stood (no object is added per execution), and it is the unit a round
+    hands to the invoker and reads back: a round that stops waiting for its slowest calls will
+    commit the finished ones and leave the pending ones to a later commit.
+    """
+
+    __slots__ = ("index", "outcome", "plugin", "tctx")
+
+    def __init__(self, index: int, plugin: Plugin, tctx: TaskExecContext) -> None:
+        #: Where the call's outcome goes among the round's outcomes.
+        self.index = index
+        self.plugin = plugin
+        self.tctx = tctx
+        self.outcome: lifecycle.Outcome | None = None
+
+
+class Invoker:
+    def __init__(self, *, handle_timeout: float, max_parallelism: int, observer: RoundObserver) -> None:
+        self._handle_timeout = handle_timeout
+        self._max_parallelism = max_parallelism
+        self.observer = observer
+
+    async def handle(self, calls: list[Call]) -> None:
+        """Every call's `handle`, at once, until each call's outcome is set.
+
+        The calls share one deadline for the round (see `_handle_all`): an anyio task group with a
+        timeout scope per execution cost more than the rest of a one-round task together. The
+        deadline is the same for each, since they all start together; when a round holds more
+        executions than may run at once, each waits its turn and has a deadline of its own.
+        """
+        if len(calls) <= self._max_parallelism:
+            await self._handle_all(calls)
+        else:
+            await self._handle_limited(calls)
+
+    async def _handle_all(self, calls: list[Call]) -> None:
+        """Every `handle` at once, under one deadline for the round.
+
+        Most handles return without ever suspending. Each call starts here, in the round's own
+        task, and one that returns in its first step needs no task of its own (a task per call
+        was the largest cost left of a one-round task). The first call that suspends goes on in
+        this task, and each call after it starts in a task of its own, so all still run at once.
+        A call that has suspended cannot move to another task: a cancel scope it entered belongs
+        to the task that entered it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._handle_timeout
+        for index, call in enumerate(calls):
+            coroutine = self._handle(call.plugin, call.tctx)
+            try:
+                awaited = coroutine.send(None)
+            except StopIteration as returned:
+                call.outcome = returned.value
+                continue
+            rest = calls[index + 1 :]
+            tasks = [loop.create_task(self._handle(later.plugin, later.tctx)) for later in rest]
+            try:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        call.outcome = await stepped(coroutine, awaited)
+                except TimeoutError:
+                    call.outcome = self._timed_out(call.plugin)
+                await self._settled(tasks, rest, deadline)
+            except BaseException:
+                # The round itself was cancelled (shutdown): its plugin calls go with it.
+                await cancel_and_wait(tasks)
+                raise
+            break
+
+    async def _settled(
+        self, tasks: list[asyncio.Task[lifecycle.Outcome]], calls: list[Call], deadline: float
+    ) -> None:
+        """The outcomes of `tasks`; those still running at `deadline` are cancelled, timed out."""
+        running = [task for task in tasks if not task.done()]
+        late: set[asyncio.Task[lifecycle.Outcome]] = set()
+        if running:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            _, late = await asyncio.wait(running, timeout=timeout)
+        if late:
+            await cancel_and_wait(late)
+        for task, call in zip(tasks, calls, strict=True):
+            call.outcome = self._timed_out(call.plugin) if task in late else task.result()
+
+    async def _handle_limited(self, calls: list[Call]) -> None:
+        """At most EXECUTOR_MAX_PARALLELISM `handle` calls at once, each with its own deadline."""
+        slots = asyncio.Semaphore(self._max_parallelism)
+
+        async def one(plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+            async with slots:
+                try:
+                    async with asyncio.timeout(self._handle_timeout):
+                        return await self._handle(plugin, tctx)
+                except TimeoutError:
+                    return self._timed_out(plugin)
+
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(one(call.plugin, call.tctx)) for call in calls]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except BaseException:
+            await cancel_and_wait(tasks)
+            raise
+        for call, outcome in zip(calls, outcomes, strict=True):
+            call.outcome = outcome
+
+    async def _handle(self, plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+        """`handle`, and what it came to: a transition, or why it was not one."""
+        started = time.perf_counter()
+        try:
+            done, returned = self.start(plugin, plugin.handle, tctx)
+            if not done:
+                returned = await returned
+        except PluginStateError as err:
+            outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
+        except Exception as err:
+            # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
+            tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
+            outcome = lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+        else:
+            outcome = handled(returned, tctx)
+        seconds = time.perf_counter() - started
+        self.observer.handle_finished(plugin.id, OUTCOME_LABELS[type(outcome)], seconds)
+        return outcome
+
+    def _timed_out(self, plugin: Plugin) -> lifecycle.Outcome:
+        self.observer.handle_finished(plugin.id, "system_fault", self._handle_timeout)
+        return lifecycle.SystemFault(
+            "HandleTimeout",
+            f"handle did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)",
+        )
+
+    async def clean_up_step(
+        self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext, name: str
+    ) -> str | None:
+        """Run `abort` or `finalize`; None when it completed, else why not (secrets scrubbed)."""
+        try:
+            with anyio.fail_after(self._handle_timeout) as deadline:
+                done, returned = self.start(plugin, method, tctx)
+                if not done:
+                    await returned
+        except Exception as err:
+            if isinstance(err, TimeoutError) and deadline.cancel_called:
+                error = f"{name} did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)"
+            else:
+                error = f"{name} raised {type(err).__name__}: {err}"
+            tctx.logger.warning(f"{name}.failed", error=error)
+            return str(REDACTOR.text(error))
+        return None
+
+    def start(
+        self, plugin: Plugin, method: Callable[[Any], Awaitable[Any]], tctx: TaskExecContext
+    ) -> tuple[bool, Any]:
+        """Start a plugin call: (True, what it returned) when it ended in its first step, as most
+        do, else (False, an awaitable of what it will return).
+
+        A plugin that declares itself blocking runs on a worker thread with an event loop of its
+        own. Any other runs its first step here, at once: a call that needs no second step needs
+        no coroutine of the loop's either. Each step is timed, so that a plugin which blocks the
+        loop anyway is named in a warning instead of silently slowing every execution.
+        """
+        if plugin.properties.blocking:
+
+            def in_thread() -> Any:
+                return asyncio.run(method(tctx))  # type: ignore[arg-type]
+
+            return False, anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
+        coroutine = method(tctx)
+        # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
+        if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):
+            return False, coroutine
+        started = time.perf_counter()
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration as stop:
+            return True, stop.value
+        finally:
+            elapsed = time.perf_counter() - started
+            if elapsed > BLOCKING_STEP_SECONDS:
+                self._blocked(plugin, tctx, elapsed)
+        return False, stepped(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
+
+    def _blocked(self, plugin: Plugin, tctx: TaskExecContext, seconds: float) -> None:
+        self.observer.loop_blocked(plugin.id, seconds)
+        tctx.logger.warning(
+            "plugin.blocked_event_loop",
+            plugin=plugin.id,
+            seconds=round(seconds, 3),
+            hint="declare PluginProperties(blocking=True) or make the call non-blocking",
+        )
+
+
+@types.coroutine
+def stepped(
+    coroutine: Coroutine[Any, Any, Any], awaited: Any, blocked: Callable[[float], None] | None = None
+) -> Generator[Any, Any, Any]:
+    """Go on driving `coroutine`, started by this task and suspended on `awaited`, as `await`
+    would have: what the event loop sends or throws in reaches it. With `blocked`, each step is
+    timed, and one that held the loop too long is reported to it."""
+    while True:
+        sent, thrown = None, None
+        try:
+            sent = yield awaited
+        except BaseException as err:  # cancellation and timeouts must reach the plugin's code
+            thrown = err
+        started = time.perf_counter()
+        try:
+            awaited = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            elapsed = time.perf_counter() - started
+            if blocked is not None and elapsed > BLOCKING_STEP_SECONDS:
+                blocked(elapsed)

@@ -1,0 +1,185 @@
+"""The reconciliation loop: round after round until stopped, idle between rounds until something is
+due or a wake-up comes, backing off while the database is away.
+
+`Reconciler` is the runtime's one entry point; a round itself is `round.py`'s, its plugin calls the
+invoker's, its commits the committer's.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import anyio
+
+from executor.logging import get_logger
+from executor.plugin.registry import LoadedPlugins
+from executor.plugin.resources import InProcessResourceManager
+from executor.runtime.committer import CommitPipeline
+from executor.runtime.leases import InFlight
+from executor.runtime.observer import NullObserver, RoundObserver, RoundStats
+from executor.runtime.round import HandledRound, RoundRunner
+from executor.settings import Settings
+from executor.store import Store
+from executor.store.errors import is_unavailable
+
+Clock = Callable[[], float]
+
+
+class Wakeup:
+    """Wakes the sleeping loop early; many wake-ups while it is busy coalesce into one."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True when woken. Clears the wake-up either way."""
+        woken = False
+        with anyio.move_on_after(max(seconds, 0.0)):
+            await self._event.wait()
+            woken = True
+        if self._event.is_set():
+            self._event = anyio.Event()
+        return woken
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        plugins: LoadedPlugins,
+        settings: Settings,
+        *,
+        resource_manager: InProcessResourceManager | None = None,
+        clock: Clock = time.time,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.plugins = plugins
+        self.settings = settings
+        self.clock = clock
+        self.wakeup = Wakeup()
+        self._stopping = False
+        self._log = get_logger(replica=settings.replica_id)
+        self._observer: RoundObserver = observer or NullObserver()
+        self._leases = InFlight(store, release_timeout=settings.handle_timeout.total_seconds(), log=self._log)
+        self._rounds = RoundRunner(
+            store,
+            plugins,
+            settings,
+            resources=resource_manager or InProcessResourceManager(settings.resource_quotas),
+            leases=self._leases,
+            clock=clock,
+            observer=self._observer,
+            log=self._log,
+        )
+        self._commits = CommitPipeline(store, batch_size=settings.batch_size, log=self._log)
+
+    @property
+    def observer(self) -> RoundObserver:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: RoundObserver) -> None:
+        self._observer = self._rounds.observer = observer
+
+    @property
+    def rounds(self) -> int:
+        """Rounds started so far (what `executor replicas` shows)."""
+        return self._rounds.rounds
+
+    @property
+    def last_round_at(self) -> float | None:
+        """When the latest round claimed, on the loop's clock."""
+        return self._rounds.last_round_at
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the round under way, then return from `run`."""
+        self._stopping = True
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Round after round until `stop`; on PostgreSQL a full round commits while the next one
+        claims (see `CommitPipeline`)."""
+        failures = 0
+        try:
+            while not self._stopping:
+                handled: HandledRound | None = None
+                try:
+                    started = time.perf_counter()
+                    handled = await self._rounds.claim_and_handle()
+                    # The previous round's commit: its error, if any, is this one's (which hands
+                    # this round's leases back below).
+                    await self._commits.previous()
+                    claimed = len(handled.claimed)
+                    if self._commits.may_overlap(claimed) and not self._stopping:
+                        # More is likely due: claim it while this round commits.
+                        self._commits.start(self._rounds.finish(handled, started))
+                    else:
+                        await self._rounds.finish(handled, started)
+                    if failures:
+                        self._log.info("database.reconnected", failed_rounds=failures)
+                    failures = 0
+                except Exception as err:
+                    if handled is not None:
+                        await self._rounds.abandon(handled)  # when its commit never started
+                    if not is_unavailable(err):
+                        raise
+                    failures += 1
+                    self._observer.store_error()
+                    delay = _backoff(failures, self.settings.poll_interval.total_seconds())
+                    self._log.error(
+                        "round.store_error",
+                        error=f"{type(err).__name__}: {err}",
+                        retry_in=round(delay, 3),
+                        attempt=failures,
+                    )
+                    await self.wakeup.wait(delay)
+                    continue
+                if claimed >= self.settings.batch_size or self._stopping:
+                    continue  # more may be due right now
+                if await self.wakeup.wait(await self._idle_delay()):
+                    self._observer.woken()
+        except BaseException:
+            # Cancelled (the shutdown grace ran out): the round still committing goes too, and
+            # hands its leases back.
+            await self._commits.cancel()
+            raise
+        await self._commits.finish()
+
+    async def _idle_delay(self) -> float:
+        poll = self.settings.poll_interval.total_seconds()
+        try:
+            due_in = await self.store.due_in(self.clock())
+        except Exception as err:
+            if not is_unavailable(err):
+                raise
+            return poll  # the database went away after the round: the next round reports it
+        return poll if due_in is None else min(poll, due_in)
+
+    @property
+    def in_flight(self) -> int:
+        """Executions of the rounds under way (what `executor replicas` shows)."""
+        return self._leases.count
+
+    async def release_in_flight(self) -> None:
+        """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
+        await self._leases.release_all()
+
+    # -- one round ----------------------------------------------------------------------------
+
+    async def run_round(self) -> RoundStats:
+        """One whole round, claim to commit (the loop may overlap a commit with the next round)."""
+        return await self._rounds.finish(await self._rounds.claim_and_handle(), time.perf_counter())
+
+
+def _backoff(failures: int, poll: float) -> float:
+    """Exponential from 0.1 s, capped at the larger of the poll interval and 5 s, with jitter so
+    that replicas which lost the database together do not all come back in the same instant."""
+    return float(min(0.1 * 2**failures, max(poll, 5.0)) * random.uniform(0.5, 1.0))

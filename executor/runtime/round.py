@@ -1,0 +1,248 @@
+"""One round: claim -> outcomes -> lifecycle -> commit -> clean-up.
+
+A round is a transaction: nothing a plugin returned is visible before the round commits, and a
+crash before that simply runs the round again. The round only moves data: what each outcome means
+is decided by `lifecycle.advance`, how plugins are called by the invoker, how the commit is written
+by the committer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from executor import lifecycle
+from executor.core import Plugin
+from executor.core.records import ExecutionRecord, RecordUpdate
+from executor.plugin.registry import LoadedPlugins
+from executor.plugin.resources import InProcessResourceManager
+from executor.runtime.cleanup import Cleaner, trivial_cleanup
+from executor.runtime.committer import Committer
+from executor.runtime.context import Contexts
+from executor.runtime.invoker import Call, Invoker
+from executor.runtime.leases import InFlight
+from executor.runtime.observer import RoundObserver, RoundStats
+from executor.runtime.outcome import OUTCOME_LABELS, scrub_outcome
+from executor.settings import Settings
+from executor.store import Store
+from executor.store.quotas import SqlResourceManager
+
+
+@dataclass(slots=True)
+class HandledRound:
+    """A round whose plugins have run: what its commit writes, and what it must clean up after."""
+
+    number: int
+    token: str
+    claimed: list[ExecutionRecord]
+    awaiting_cleanup: list[ExecutionRecord] = field(default_factory=list)
+    updates: list[RecordUpdate] = field(default_factory=list)
+    #: Attempts whose clean-up runs nothing of the plugin's, recorded with this commit.
+    settled: set[str] = field(default_factory=set)
+    now: float = 0.0
+
+
+class RoundRunner:
+    """Runs rounds, in two halves the loop may overlap: `claim_and_handle`, then `finish`."""
+
+    def __init__(
+        self,
+        store: Store,
+        plugins: LoadedPlugins,
+        settings: Settings,
+        *,
+        resources: InProcessResourceManager,
+        leases: InFlight,
+        clock: Callable[[], float],
+        observer: RoundObserver,
+        log: Any,
+    ) -> None:
+        self._store = store
+        self._plugins = plugins
+        self._settings = settings
+        self._clock = clock
+        self._log = log
+        self._leases = leases
+        self.rounds = 0
+        self.last_round_at: float | None = None
+        self._policy = lifecycle.Policy(
+            max_system_failures=settings.max_system_failures,
+            backoff_base=settings.retry_backoff_base.total_seconds(),
+            backoff_max=settings.retry_backoff_max.total_seconds(),
+            default_requeue=settings.default_requeue.total_seconds(),
+            max_phase_versions=settings.max_phase_versions,
+        )
+        self._lease_ttl = settings.lease_ttl.total_seconds()
+        # What plugins registered at set-up; the quotas themselves are kept in the store.
+        self._resources = resources
+        self._quotas = SqlResourceManager(store)
+        self._quotas_registered = False
+        self._contexts = Contexts(settings, plugins, self._quotas, log)
+        self._invoker = Invoker(
+            handle_timeout=settings.handle_timeout.total_seconds(),
+            max_parallelism=settings.max_parallelism,
+            observer=observer,
+        )
+        self._cleaner = Cleaner(
+            plugins,
+            self._invoker,
+            self._contexts,
+            clock=clock,
+            policy=self._policy,
+            max_parallelism=settings.max_parallelism,
+        )
+        self._committer = Committer(store, log)
+        self._observer = observer
+
+    @property
+    def observer(self) -> RoundObserver:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: RoundObserver) -> None:
+        self._observer = self._invoker.observer = observer
+
+    async def claim_and_handle(self) -> HandledRound:
+        """Claim a batch, call the plugins, decide each next record: all but the commit."""
+        self.rounds += 1
+        number = self.rounds
+        token = str(uuid.uuid4())
+        if not self._quotas_registered:
+            await self._quotas.register(self._resources.quotas)
+            self._quotas_registered = True
+        claimed = await self._store.claim(
+            owner=self._settings.replica_id,
+            token=token,
+            limit=self._settings.batch_size,
+            lease_ttl=self._lease_ttl,
+            now=self._clock(),
+        )
+        self.last_round_at = self._clock()
+        handled = HandledRound(number, token, claimed)
+        if not claimed:
+            return handled
+        self._leases.hold(token, [record.id for record in claimed])
+        try:
+            await self._handle_round(handled)
+        except BaseException:
+            await self.abandon(handled)
+            raise
+        return handled
+
+    async def finish(self, handled: HandledRound, started: float) -> RoundStats:
+        """Commit a handled round, clean up after it and report it, timed from `started`; a failed
+        or cancelled commit hands the round's leases back."""
+        if not handled.claimed:
+            stats = RoundStats(handled.number, 0, 0, 0, 0)
+        else:
+            try:
+                stats = await self._commit(handled)
+            except BaseException:
+                await self.abandon(handled)
+                raise
+            finally:
+                self._leases.drop(handled.token)
+        self._observer.round_finished(stats, time.perf_counter() - started)
+        return stats
+
+    async def abandon(self, handled: HandledRound) -> None:
+        """The round was cancelled (the shutdown grace ran out) or its commit failed (the database
+        went away mid-round): nothing of it is visible. Hand the leases back if the database lets
+        us, so that the executions run again at once, here or elsewhere, not after the TTL."""
+        await self._leases.abandon(handled.token)
+
+    async def _handle_round(self, handled: HandledRound) -> None:
+        # An attempt that ended earlier and still owes its clean-up gets that, not `handle`.
+        handled.awaiting_cleanup = [record for record in handled.claimed if record.phase.is_terminal]
+        active = [record for record in handled.claimed if not record.phase.is_terminal]
+        plugins = self._plugins_of(handled.claimed)
+        outcomes = await self._outcomes(handled.number, active, plugins)
+        now = handled.now = self._clock()
+        # Attempts that ended with a clean-up that runs nothing of the plugin's: recorded with
+        # this commit instead of a second one (see `trivial_cleanup`).
+        cleanups = {task_type: trivial_cleanup(plugin) for task_type, plugin in plugins.items()}
+        for record, raw_outcome in zip(active, outcomes, strict=True):
+            outcome = scrub_outcome(raw_outcome)
+            cleanup = cleanups[record.task_type]
+            if cleanup is None:
+                update = lifecycle.advance(record, outcome, now, self._policy)
+            else:
+                update, cleaned = lifecycle.advance_and_clean_up(record, outcome, now, self._policy, cleanup)
+                if cleaned:
+                    handled.settled.add(record.id)
+            handled.updates.append(update)
+
+    def _plugins_of(self, records: list[ExecutionRecord]) -> dict[str, Plugin | None]:
+        """The plugin of each task type in the round, resolved once per type, not per execution."""
+        found: dict[str, Plugin | None] = {}
+        for record in records:
+            if record.task_type not in found:
+                found[record.task_type] = self._plugins.for_task_type(record.task_type)
+        return found
+
+    async def _outcomes(
+        self, number: int, records: list[ExecutionRecord], plugins: dict[str, Plugin | None]
+    ) -> list[lifecycle.Outcome]:
+        """What happened to each record this round, in order: decided without the plugin when it
+        can be (an abort, an expiry, no plugin), else by `handle`, all of them at once."""
+        outcomes: list[lifecycle.Outcome | None] = []
+        calls: list[Call] = []
+        now = self._clock()
+        for record in records:
+            plugin = plugins[record.task_type]
+            decided = self._decided_without_plugin(record, plugin, now)
+            if decided is None and plugin is not None:
+                calls.append(Call(len(outcomes), plugin, self._contexts.build(record, plugin, number)))
+            elif decided is not None:
+                label = OUTCOME_LABELS[type(decided)]
+                self._observer.handle_finished(plugin.id if plugin is not None else "", label, 0.0)
+            outcomes.append(decided)
+        if calls:
+            await self._invoker.handle(calls)
+            for call in calls:
+                outcomes[call.index] = call.outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _decided_without_plugin(
+        self, record: ExecutionRecord, plugin: Plugin | None, now: float
+    ) -> lifecycle.Outcome | None:
+        if record.abort_requested:
+            # The plugin's `abort` (when the attempt had started), then `finalize`, run in the clean-up.
+            return lifecycle.AbortRequested(record.abort_reason or "Aborted")
+        if record.deadline_at is not None or record.timeout is not None:  # most have neither
+            lapsed = lifecycle.expired(record, now)
+            if lapsed is not None:
+                return lapsed  # not handled again: its clean-up stops whatever still runs
+        if plugin is None:
+            return lifecycle.NoPlugin(record.task_type, tuple(self._plugins.task_types))
+        return None
+
+    async def _commit(self, handled: HandledRound) -> RoundStats:
+        number, token, updates = handled.number, handled.token, handled.updates
+        result = await self._committer.write(
+            number, token, updates, now=handled.now, release_allocations_of=handled.settled, warn_lost=True
+        )
+        ended = [
+            u.record
+            for u in updates
+            if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
+        ]
+        finalized = await self._clean_up(number, token, ended + handled.awaiting_cleanup)
+        finalized += len(handled.settled & result.committed)
+        claimed = len(handled.claimed)
+        self._log.debug("round.committed", round=number, claimed=claimed, committed=len(result.committed))
+        return RoundStats(number, claimed, len(result.committed), len(result.lost), finalized)
+
+    async def _clean_up(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
+        """Clean up after each attempt that ended, and record that with a commit of its own. Quota
+        tokens the plugin forgot are released with the commit that records the clean-up."""
+        if not records:
+            return 0
+        done, completed = await self._cleaner.clean_up(number, records)
+        result = await self._committer.write(
+            number, token, done, now=self._clock(), release_allocations_of=completed
+        )
+        return len(completed & result.committed)
