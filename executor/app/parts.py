@@ -6,7 +6,7 @@ from pathlib import Path
 
 from executor.client import Client, ensure_schema
 from executor.logging import get_logger
-from executor.plugin.loader import collect
+from executor.plugin.loader import PACKAGED_BUILTINS, collect
 from executor.plugin.registry import PluginRegistry, TaskTypeResolver
 from executor.settings import Settings, load_settings
 from executor.store import Store
@@ -23,7 +23,9 @@ def collect_registry(settings: Settings) -> PluginRegistry:
     log = get_logger()
 
     def missing(default: Path) -> None:
-        log.info("plugins.default_dir_missing", directory=str(default.resolve()), using="packaged built-ins")
+        log.info(
+            "plugins.default_dir_missing", directory=str(default.resolve()), using=str(PACKAGED_BUILTINS)
+        )
 
     collect(
         registry,
