@@ -18,13 +18,15 @@ from typing import Any, NoReturn
 import anyio
 
 from executor import __version__
-from executor.client import Client, SchemaError, SubmissionError, _iso, event_dict, execution_dict
+from executor.app.parts import collect_registry, connect, open_store, task_types
+from executor.client import Client, SchemaError, SubmissionError
 from executor.core import Phase
 from executor.logging import configure_logging
 from executor.plugin.loader import PluginLoadError
 from executor.plugin.registry import PluginRegistryError
 from executor.settings import Settings, SettingsError, load_settings
 from executor.store import AbortResult
+from executor.views import event_dict, execution_dict, replica_dicts
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -85,18 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--max-attempts", type=int, default=None)
-    submit.add_argument(
-        "--timeout", type=_duration, metavar="DURATION", help="per attempt, from its first round"
-    )
-    submit.add_argument("--deadline", type=_duration, metavar="DURATION", help="for the whole execution")
+    # Durations go to the client as written: it parses and refuses them as for every other door.
+    submit.add_argument("--timeout", metavar="DURATION", help="per attempt, from its first round")
+    submit.add_argument("--deadline", metavar="DURATION", help="for the whole execution")
     submit.add_argument(
         "--not-before", type=_when, metavar="TIME", help="ISO 8601 time, or a delay such as 10m"
     )
     submit.add_argument(
         "--idempotency-key", metavar="KEY", help="a repeat with this key returns the first id"
     )
-    submit.add_argument("--backoff-base", type=_duration, metavar="DURATION")
-    submit.add_argument("--backoff-max", type=_duration, metavar="DURATION")
+    submit.add_argument("--backoff-base", metavar="DURATION")
+    submit.add_argument("--backoff-max", metavar="DURATION")
     submit.set_defaults(command=_submit)
 
     get = commands.add_parser("get", parents=[as_json], help="show one execution")
@@ -178,12 +179,7 @@ def _with_client(
     settings: Settings, body: Callable[[Client], Awaitable[int]], *, with_plugins: bool = False
 ) -> int:
     async def go() -> int:
-        task_types = None
-        if with_plugins:
-            from executor.daemon import collect_registry
-
-            task_types = collect_registry(settings).resolver(settings.default_for_task_types)
-        client = await Client.connect(settings, task_types=task_types)
+        client = await connect(settings, task_types=task_types(settings) if with_plugins else None)
         try:
             return await body(client)
         finally:
@@ -259,29 +255,36 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{key:<16}{data[key] if data[key] is not None else '-'}")
         if record.error:
             print(f"{'error':<16}{record.error.code} ({record.error.kind.value}): {record.error.message}")
-        data["finalize_error"] = record.finalize_error
-        data["timeout"] = f"{record.timeout:g}s" if record.timeout is not None else None
-        data["deadline_at"] = _iso(record.deadline_at)
-        data["idempotency_key"] = record.idempotency_key
         for key in (
             "created_at",
             "updated_at",
             "finished_at",
             "finalized",
             "finalize_error",
+            "priority",
             "timeout",
+            "deadline",
             "deadline_at",
+            "not_before",
             "idempotency_key",
+            "backoff_base",
+            "backoff_max",
             "labels",
             "inputs",
             "outputs",
         ):
             value = data[key]
+            if key in _SECONDS and value is not None:
+                value = f"{value:g}s"
             shown = json.dumps(value) if isinstance(value, dict | list) else value
             print(f"{key:<16}{shown if shown is not None else '-'}")
         return OK
 
     return _with_client(settings, body)
+
+
+#: Fields of an execution that are durations in seconds: shown with their unit.
+_SECONDS = frozenset({"timeout", "deadline", "backoff_base", "backoff_max"})
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
@@ -348,10 +351,8 @@ def _abort(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _plugins(args: argparse.Namespace, settings: Settings) -> int:
-    from executor.daemon import collect_registry
-
     registry = collect_registry(settings)
-    resolver = registry.resolver(settings.default_for_task_types)
+    resolver = task_types(settings, registry)
     rows: list[dict[str, Any]] = [
         {
             "id": entry.id,
@@ -374,57 +375,54 @@ def _plugins(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replicas(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
     from executor.store.replicas import list_replicas
+    from executor.store.stats import lease_holders
 
     # Silent for three heartbeats: gone (killed, or cut off from the database).
     live_within = 3 * settings.heartbeat_interval.total_seconds()
 
     async def body(client: Client) -> int:
         found = await list_replicas(client.store, live_within=live_within, include_stale=args.all)
+        leases = {h.owner: h.executions for h in await lease_holders(client.store, now=time.time())}
+        rows = replica_dicts(found, leases)
         if args.json:
-            _print_json(
-                [
-                    {
-                        "id": r.id,
-                        "host": r.host,
-                        "pid": r.pid,
-                        "live": r.live,
-                        "started_at": r.started_at,
-                        "heartbeat_at": r.heartbeat_at,
-                        "silent_for": round(r.silent_for, 3),
-                        "rounds": r.rounds,
-                        "last_round_at": r.last_round_at,
-                        "in_flight": r.in_flight,
-                    }
-                    for r in found
-                ]
-            )
+            _print_json(rows)
             return OK
         print(
             f"{'REPLICA':<32}{'STATE':<8}{'STARTED':<21}{'HEARTBEAT':<11}{'ROUNDS':<9}{'LAST ROUND':<21}"
-            "IN FLIGHT"
+            f"{'IN FLIGHT':<11}LEASED"
         )
-        for r in found:
-            started = datetime.fromtimestamp(r.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            last = (
-                datetime.fromtimestamp(r.last_round_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                if r.last_round_at is not None
-                else "-"
+        for row in rows:
+            state = "live" if row["live"] else "silent" if row["live"] is False else "leases"
+            heard = f"{row['silent_for']:.1f}s ago" if row["silent_for"] is not None else "-"
+            print(
+                f"{row['id'][:31]:<32}{state:<8}{_minute(row['started_at']):<21}{heard:<11}"
+                f"{_dash(row['rounds']):<9}{_minute(row['last_round_at']):<21}{_dash(row['in_flight']):<11}"
+                f"{row['executions_leased']}"
             )
-            state = "live" if r.live else "silent"
-            heard = f"{r.silent_for:.1f}s ago"
-            print(f"{r.id[:31]:<32}{state:<8}{started:<21}{heard:<11}{r.rounds:<9}{last:<21}{r.in_flight}")
         return OK
 
     return _with_client(settings, body)
 
 
+def _minute(iso_time: str | None) -> str:
+    """An ISO time from `executor.views`, to the second, for a table column."""
+    if iso_time is None:
+        return "-"
+    return datetime.fromisoformat(iso_time).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        from executor.store import Store
         from executor.store.migrate import current_revision, upgrade
 
-        store = Store.from_url(settings.database_url)
+        store = open_store(settings)
         try:
             await upgrade(store.engine)
             print(f"{store.url}: schema at revision {await current_revision(store.engine)}")

@@ -7,26 +7,38 @@ handles, the inputs a JSON object. The daemon need not be running; it picks the 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
 
-from executor.core import Phase
+from executor.core import Phase, parse_duration
 from executor.core.records import EventRecord, ExecutionRecord
 from executor.plugin.registry import TaskTypeResolver
 from executor.plugin.task_exec_context import field_errors
-from executor.settings import Settings, load_settings
+from executor.settings import Settings
 from executor.store import AbortResult, Store, Submission
 from executor.store.migrate import current_revision, head_revision, upgrade
+
+#: A duration as every door takes it: a timedelta, seconds, or text such as "5s" or "1m30s".
+Duration = timedelta | float | str
 
 
 class SubmissionError(ValueError):
     """A submission refused before anything was stored; the message says why."""
+
+
+class UnknownTaskTypeError(SubmissionError):
+    """No loaded plugin handles the task type; `known` lists those that are handled."""
+
+    def __init__(self, task_type: str, known: list[str]) -> None:
+        super().__init__(f"unknown task type {task_type!r}; known task types: {', '.join(known) or 'none'}")
+        self.known = known
 
 
 class SchemaError(RuntimeError):
@@ -59,22 +71,11 @@ class Client:
         task_types: TaskTypeResolver | None = None,
         migrate: bool | None = None,
     ) -> Client:
-        """Open the store the settings name, bringing its schema up to date when allowed."""
-        settings = settings or load_settings()
-        store = Store.from_url(settings.database_url)
-        try:
-            await ensure_schema(store, migrate=settings.migrate_on_start if migrate is None else migrate)
-        except BaseException:
-            await store.close()
-            raise
-        return cls(
-            store,
-            task_types=task_types,
-            default_max_attempts=settings.default_max_attempts,
-            default_timeout=settings.default_timeout,
-            default_deadline=settings.default_deadline,
-            max_payload_bytes=settings.max_payload_bytes,
-        )
+        """Open the store the settings name (default: EXECUTOR_* and .env), bringing its schema up
+        to date when allowed. Made by the composition root, as every door's client is."""
+        from executor.app.parts import connect
+
+        return await connect(settings, task_types=task_types, migrate=migrate)
 
     async def close(self) -> None:
         await self.store.close()
@@ -96,17 +97,17 @@ class Client:
         priority: int = 0,
         max_attempts: int | None = None,
         not_before: datetime | None = None,
-        timeout: timedelta | float | None = None,  # noqa: ASYNC109 -- the execution's, not this call's
-        deadline: timedelta | float | None = None,
+        timeout: Duration | None = None,  # noqa: ASYNC109 -- the execution's, not this call's
+        deadline: Duration | None = None,
         idempotency_key: str | None = None,
-        backoff_base: timedelta | float | None = None,
-        backoff_max: timedelta | float | None = None,
+        backoff_base: Duration | None = None,
+        backoff_max: Duration | None = None,
     ) -> str:
         """Store an execution and return its id (with `idempotency_key`, the id the key first got).
 
         `timeout` bounds each attempt from its first round (then `TimeoutExpired`, retried while
         attempts remain); `deadline` bounds the whole execution from now (then `DeadlineExceeded`).
-        Durations take a timedelta or seconds; unset ones take the daemon's defaults.
+        Durations take a timedelta, seconds or text such as "5s"; unset ones take the daemon's defaults.
         """
         submission = self.validate(
             task_type,
@@ -153,17 +154,16 @@ class Client:
         max_attempts: int | None = None,
         not_before: datetime | None = None,
         *,
-        timeout: timedelta | float | None = None,
-        deadline: timedelta | float | None = None,
+        timeout: Duration | None = None,
+        deadline: Duration | None = None,
         idempotency_key: str | None = None,
-        backoff_base: timedelta | float | None = None,
-        backoff_max: timedelta | float | None = None,
+        backoff_base: Duration | None = None,
+        backoff_max: Duration | None = None,
     ) -> Submission:
         if not task_type:
             raise SubmissionError("the task type is empty")
         if self._task_types is not None and self._task_types.plugin_id_for(task_type) is None:
-            known = ", ".join(self._task_types.task_types) or "none"
-            raise SubmissionError(f"unknown task type {task_type!r}; known task types: {known}")
+            raise UnknownTaskTypeError(task_type, self._task_types.task_types)
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
             raise SubmissionError(f"inputs must be a JSON object, not {type(inputs).__name__}")
@@ -241,13 +241,24 @@ class Client:
         return await self.store.request_abort(execution_id, reason, now=time.time())
 
 
-def _seconds(name: str, value: timedelta | float | None, default: timedelta | None) -> float | None:
+def _seconds(name: str, value: Duration | None, default: timedelta | None) -> float | None:
+    """A duration option in seconds, refused with the same words whichever door it came through."""
     if value is None:
         return default.total_seconds() if default is not None else None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+    if isinstance(value, str):
+        try:
+            value = parse_duration(value)
+        except ValueError as err:
+            raise SubmissionError(f"{name}: {err}") from None
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
         raise SubmissionError(f"{name} must be a positive duration, got {value!r}")
-    return float(seconds)
+    try:
+        seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 < seconds < math.inf:
+        raise SubmissionError(f"{name} must be a positive duration, got {seconds:g}s")
+    return seconds
 
 
 async def ensure_schema(store: Store, *, migrate: bool) -> None:
@@ -261,47 +272,3 @@ async def ensure_schema(store: Store, *, migrate: bool) -> None:
             f"{head}: run `executor migrate` (or unset EXECUTOR_MIGRATE_ON_START=false)"
         )
     await upgrade(store.engine)
-
-
-def _iso(seconds: float | None) -> str | None:
-    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
-
-
-def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
-    """The public JSON shape of an execution (`executor get --json`)."""
-    return {
-        "id": record.id,
-        "task_type": record.task_type,
-        "phase": record.phase.name,
-        "phase_version": record.phase_version,
-        "reason": record.reason,
-        "error": record.error.to_dict() if record.error else None,
-        "attempt": record.attempt,
-        "max_attempts": record.max_attempts,
-        "system_failures": record.system_failures,
-        "inputs": record.inputs,
-        "outputs": record.outputs,
-        "labels": record.labels,
-        "priority": record.priority,
-        "rounds": record.rounds,
-        "plugin_state_version": record.plugin_state_version,
-        "abort_requested": record.abort_requested,
-        "finalized": record.finalized,
-        "created_at": _iso(record.created_at),
-        "updated_at": _iso(record.updated_at),
-        "next_round_at": _iso(record.next_round_at),
-        "finished_at": _iso(record.finished_at),
-    }
-
-
-def event_dict(event: EventRecord) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "attempt": event.attempt,
-        "phase": event.phase.name,
-        "phase_version": event.phase_version,
-        "reason": event.reason,
-        "error": event.error.to_dict() if event.error else None,
-        "info": event.info,
-        "occurred_at": _iso(event.occurred_at),
-    }

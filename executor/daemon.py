@@ -1,4 +1,4 @@
-"""The daemon process: settings -> logging -> store (migrated) -> plugins -> the loop, with signals.
+"""The daemon process: the parts the composition root builds (`executor.app.process`), run with signals.
 
 SIGTERM and SIGINT stop claiming, let the round under way finish and commit within
 EXECUTOR_SHUTDOWN_GRACE, hand back any lease still held, and return.
@@ -8,51 +8,18 @@ from __future__ import annotations
 
 import gc
 import signal
-from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
-from executor.core import SetupContext
+from executor.app.process import DaemonParts, daemon_parts, setup_plugins
 from executor.logging import get_logger
-from executor.plugin.loader import collect
-from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
-from executor.plugin.resources import InProcessResourceManager
 from executor.runtime import Reconciler
 from executor.settings import Settings
 from executor.store import Store
-from executor.store.migrate import upgrade
 from executor.store.replicas import ReplicaStatus, heartbeat
 
-
-def collect_registry(settings: Settings) -> PluginRegistry:
-    """Import the plugin modules the settings point at into a fresh registry."""
-    registry = PluginRegistry()
-    log = get_logger()
-
-    def missing(default: Path) -> None:
-        log.info("plugins.default_dir_missing", directory=str(default.resolve()), using="packaged built-ins")
-
-    collect(
-        registry,
-        settings.plugins_dir,
-        use_entry_points=settings.plugin_entry_points,
-        on_missing_default=missing,
-    )
-    return registry
-
-
-async def setup_plugins(
-    settings: Settings, resources: InProcessResourceManager, registry: PluginRegistry | None = None
-) -> LoadedPlugins:
-    registry = registry if registry is not None else collect_registry(settings)
-    setup = SetupContext(
-        settings=settings,
-        logger=get_logger(),
-        resource_registrar=resources,
-        plugin_config=settings.plugin_config,
-    )
-    return await load_plugins(registry, setup, settings.default_for_task_types)
+__all__ = ["serve", "setup_plugins", "tune_gc"]  # setup_plugins: where the benchmarks look for it
 
 
 #: Young-generation collections happen after this many new container objects. A round of 256
@@ -76,44 +43,38 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings, *, started: anyio.Event | None = None) -> None:
-    log = get_logger(replica=settings.replica_id)
-    resources = InProcessResourceManager(settings.resource_quotas)
-    plugins = await setup_plugins(settings, resources)
-    store = Store.from_url(settings.database_url)
-    try:
-        if settings.migrate_on_start:
-            await upgrade(store.engine)
-        from executor.http import HttpServer, Metrics  # the HTTP stack loads only for `executor run`
+    """Run a daemon built by the composition root until SIGTERM or SIGINT."""
+    async with daemon_parts(settings) as parts:
+        await _run(parts, started)
 
-        metrics = Metrics(replica_id=settings.replica_id)
-        reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
-        http = HttpServer.from_settings(settings, store=store, plugins=plugins, metrics=metrics)
-        tune_gc()
-        async with anyio.create_task_group() as group:
-            # Only once the handlers are in place does SIGTERM mean "stop"; before, it kills.
-            await group.start(_on_signals, reconciler, group.cancel_scope, settings)
-            group.start_soon(store.watch_changes, reconciler.wakeup.set)
-            group.start_soon(_heartbeat, store, reconciler, settings)
-            if http is not None:
-                group.start_soon(http.run)
-            log.info(
-                "daemon.started",
-                database=store.url,
-                task_types=plugins.task_types,
-                plugins=sorted(plugins.by_id),
-                batch_size=settings.batch_size,
-            )
-            if started is not None:
-                started.set()
-            try:
-                await reconciler.run()
-            finally:
-                await reconciler.release_in_flight()
-            group.cancel_scope.cancel()
-        log.info("daemon.stopped", rounds=reconciler.rounds)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+
+async def _run(parts: DaemonParts, started: anyio.Event | None) -> None:
+    settings, store, reconciler = parts.settings, parts.store, parts.reconciler
+    log = get_logger(replica=settings.replica_id)
+    tune_gc()
+    async with anyio.create_task_group() as group:
+        # Only once the handlers are in place does SIGTERM mean "stop"; before, it kills.
+        await group.start(_on_signals, reconciler, group.cancel_scope, settings)
+        await parts.start_plugins(group)
+        group.start_soon(store.watch_changes, reconciler.wakeup.set)
+        group.start_soon(_heartbeat, store, reconciler, settings)
+        if parts.http is not None:
+            group.start_soon(parts.http.run)
+        log.info(
+            "daemon.started",
+            database=store.url,
+            task_types=parts.plugins.task_types,
+            plugins=sorted(parts.plugins.by_id),
+            batch_size=settings.batch_size,
+        )
+        if started is not None:
+            started.set()
+        try:
+            await reconciler.run()
+        finally:
+            await reconciler.release_in_flight()
+        group.cancel_scope.cancel()
+    log.info("daemon.stopped", rounds=reconciler.rounds)
 
 
 async def _heartbeat(store: Store, reconciler: Reconciler, settings: Settings) -> None:

@@ -12,6 +12,7 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from executor.app.parts import client_for
 from executor.core import Plugin, PluginEntry, SetupContext
 from executor.http import Metrics, create_app
 from executor.logging import get_logger
@@ -41,14 +42,16 @@ async def load(settings: Settings, extra: Iterable[Plugin] = ()) -> LoadedPlugin
 
 
 class Served:
-    """The app over a real store, called in process through httpx's ASGI transport."""
+    """The app over a real store, called in process through httpx's ASGI transport, with its
+    client from the composition root, as the daemon's."""
 
     def __init__(self, store: Store, settings: Settings, plugins: LoadedPlugins, metrics: Metrics) -> None:
         self.store = store
         self.settings = settings
         self.plugins = plugins
         self.metrics = metrics
-        self.app = create_app(store=store, plugins=plugins, settings=settings, metrics=metrics)
+        self.client = client_for(settings, store, plugins.resolver)
+        self.app = create_app(client=self.client, plugins=plugins, settings=settings, metrics=metrics)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://executor")
 
 

@@ -326,3 +326,14 @@ def test_output_piped_into_a_reader_that_leaves_early_is_not_a_traceback(tmp_pat
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert result.returncode == 0
+
+
+def test_the_command_line_does_not_load_the_loop_or_the_http_stack() -> None:
+    """Only `executor run` needs them (the composition root imports them when it builds a daemon):
+    every other command starts without paying for them."""
+    heavy = ("starlette", "hypercorn", "prometheus_client", "executor.http", "executor.runtime")
+    probe = f"import sys, executor.cli; print([m for m in sys.modules if m.startswith({heavy!r})])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

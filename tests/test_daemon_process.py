@@ -239,3 +239,34 @@ def test_a_plugin_module_with_a_syntax_error_stops_the_daemon_at_startup(
     [line] = result.stderr.strip().splitlines()
     assert f"{broken}:4" in line
     assert "SyntaxError" in line
+
+
+# -- started anywhere -----------------------------------------------------------------------------
+
+
+def test_started_outside_the_checkout_the_daemon_and_the_cli_know_the_built_ins(
+    sqlite_url: str, tmp_path: Path, start_daemon: Callable[[dict[str, str]], Daemon]
+) -> None:
+    """`make run` installs with `pip install -e .`; started from a directory with no `plugins/`,
+    the daemon and the CLI used to know no task type at all."""
+    env = daemon_env(sqlite_url)
+    del env["EXECUTOR_PLUGINS_DIR"]  # the default: ./plugins, else the built-ins
+    assert not (tmp_path / "plugins").exists()
+    daemon = start_daemon(env)  # its working directory is tmp_path
+    started = daemon.wait_for_log("daemon.started")
+    assert {"core-sleep", "echo", "http-job"} <= set(started["task_types"])
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    submitted = executor(env, elsewhere, "submit", "echo", "--inputs", '{"greeting": "hi"}')
+    assert submitted.returncode == 0, submitted.stderr
+    execution_id = submitted.stdout.strip()
+
+    def finished() -> ExecutionRecord | None:
+        record, _ = read_store(sqlite_url, execution_id)
+        return record if record.finalized else None
+
+    done = poll("the echo to finish", finished, timeout=20, interval=0.1)
+    assert (done.phase, done.outputs) == (Phase.SUCCESS, {"greeting": "hi"})
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.wait() == 0

@@ -17,7 +17,6 @@ from http_support import Served, poll, serve_app
 from sqlalchemy.engine import make_url
 from starlette.routing import Mount, Route
 
-from executor.client import event_dict, execution_dict
 from executor.core import Phase
 from executor.http import create_app
 from executor.http.api import MAX_BODY_BYTES, Event, Execution, ReplicaList, openapi_document
@@ -26,6 +25,7 @@ from executor.plugin.registry import LoadedPlugins, TaskTypeResolver
 from executor.runtime import Reconciler, RoundStats
 from executor.store import Store
 from executor.store.replicas import ReplicaStatus, beat
+from executor.views import event_dict, execution_dict
 
 pytestmark = pytest.mark.anyio
 
@@ -221,17 +221,40 @@ async def test_list_filters_and_cursor_pagination(served: Served) -> None:
 
 BAD_JSON = [b"{bad", b"", b"[1, 2]", b'"echo"', b"\xff\xfe", b"null"]
 
+#: (body, code, the field named in `details` or, for a refusal of the client, words of its message).
 INVALID_SUBMISSIONS: list[tuple[dict[str, Any], str, str | None]] = [
     ({"task_type": "no-such-type"}, "unknown_task_type", None),
     ({"task_type": "echo", "inputs": [1, 2]}, "invalid_request", "inputs"),
     ({"task_type": "echo", "inputs": "duration=5s"}, "invalid_request", "inputs"),
     ({"task_type": "echo", "labels": {"a": 1}}, "invalid_request", "labels.a"),
     ({"task_type": "echo", "priority": "1"}, "invalid_request", "priority"),
-    ({"task_type": "echo", "max_attempts": 0}, "invalid_request", "max_attempts"),
-    ({"task_type": "echo", "not_before": "2030-01-01T00:00:00"}, "invalid_request", "not_before"),
+    (
+        {"task_type": "echo", "max_attempts": 0},
+        "invalid_submission",
+        "max_attempts must be at least 1, got 0",
+    ),
+    (
+        {"task_type": "echo", "not_before": "2030-01-01T00:00:00"},
+        "invalid_submission",
+        "not_before must be timezone-aware",
+    ),
+    ({"task_type": "echo", "not_before": "soon"}, "invalid_request", "not_before"),
+    (
+        {"task_type": "echo", "timeout": 0},
+        "invalid_submission",
+        "timeout must be a positive duration, got 0s",
+    ),
+    ({"task_type": "echo", "timeout": "5 parsecs"}, "invalid_submission", "timeout: invalid duration"),
+    ({"task_type": "echo", "timeout": [5]}, "invalid_request", "timeout"),
+    ({"task_type": "echo", "idempotency_key": ""}, "invalid_submission", "idempotency_key must be 1 to 255"),
+    (
+        {"task_type": "echo", "backoff_base": "1m", "backoff_max": "10s"},
+        "invalid_submission",
+        "backoff_base must not exceed backoff_max",
+    ),
     ({"task_type": "echo", "surprise": True}, "invalid_request", "surprise"),
     ({"inputs": {}}, "invalid_request", "task_type"),
-    ({"task_type": ""}, "invalid_request", "task_type"),
+    ({"task_type": ""}, "invalid_submission", "the task type is empty"),
 ]
 
 
@@ -248,7 +271,11 @@ async def test_invalid_submissions_are_422_and_store_nothing(served: Served) -> 
     for body, code, field in INVALID_SUBMISSIONS:
         response = await served.http.post("/api/v1/executions", json=body)
         error = assert_error(response, 422, code)
-        if field is not None:
+        if code == "invalid_submission":
+            assert field is not None
+            assert error["message"].startswith("submission refused: "), error
+            assert field in error["message"], (body, error)
+        elif field is not None:
             assert field in [d["field"] for d in error["details"]], (body, error)
             assert field in error["message"]
         else:
@@ -467,7 +494,7 @@ def _put_database_back(database: Path, aside: Path) -> None:
 async def test_readyz_needs_plugins(store: Store, database_url: str) -> None:
     served = await serve_app(store, database_url)
     empty = LoadedPlugins({}, TaskTypeResolver({}, None))
-    app = create_app(store=store, plugins=empty, settings=served.settings, metrics=served.metrics)
+    app = create_app(client=served.client, plugins=empty, settings=served.settings, metrics=served.metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
@@ -478,7 +505,7 @@ async def test_healthz_reports_a_stuck_loop(store: Store, database_url: str) -> 
     now = [1000.0]
     served = await serve_app(store, database_url, poll_interval="1s", handle_timeout="2s", lease_ttl="10s")
     metrics = Metrics(clock=lambda: now[0])
-    app = create_app(store=store, plugins=served.plugins, settings=served.settings, metrics=metrics)
+    app = create_app(client=served.client, plugins=served.plugins, settings=served.settings, metrics=metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
         fresh = await http.get("/healthz")
         assert fresh.status_code == 200 and fresh.json()["status"] == "ok"

@@ -23,6 +23,7 @@ import structlog
 from http_support import BUILTIN_PLUGINS, free_port, load, poll, sample
 
 from executor import cli
+from executor.app.parts import client_for
 from executor.daemon import serve
 from executor.http import HttpServer, Metrics
 from executor.http import probe as probe_module
@@ -113,7 +114,9 @@ async def test_an_open_address_without_a_token_is_warned_about(sqlite_url: str) 
             settings = load_settings(database_url=sqlite_url, http_addr=addr, api_token=token)
             plugins = await load(settings)
             with structlog.testing.capture_logs() as logs:
-                server = HttpServer.from_settings(settings, store=store, plugins=plugins, metrics=Metrics())
+                server = HttpServer.from_settings(
+                    settings, client=client_for(settings, store, None), plugins=plugins, metrics=Metrics()
+                )
             assert server is not None
             server.close()
             found = [entry for entry in logs if entry["event"] == "http.unauthenticated"]
@@ -122,7 +125,12 @@ async def test_an_open_address_without_a_token_is_warned_about(sqlite_url: str) 
                 assert "EXECUTOR_API_TOKEN is not set" in found[0]["detail"]
                 assert found[0]["log_level"] == "warning"
         off = load_settings(database_url=sqlite_url, http_addr="")
-        assert HttpServer.from_settings(off, store=store, plugins=plugins, metrics=Metrics()) is None
+        assert (
+            HttpServer.from_settings(
+                off, client=client_for(off, store, None), plugins=plugins, metrics=Metrics()
+            )
+            is None
+        )
     finally:
         await store.close()
 

@@ -6,8 +6,12 @@ syntax error cannot live in the repository: the linters would trip on it).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import textwrap
+import zipfile
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
@@ -116,6 +120,66 @@ def test_collect_reports_a_missing_default_directory(monkeypatch: pytest.MonkeyP
     missing: list[Path] = []
     collect(PluginRegistry(), None, use_entry_points=False, on_missing_default=missing.append)
     assert missing == [Path("plugins")]
+
+
+def test_outside_the_checkout_an_editable_install_still_loads_the_built_ins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """This test process imports executor from the checkout, as an editable install does: with no
+    `./plugins` where it runs, the built-ins come from next to the package, not from nowhere."""
+    monkeypatch.chdir(tmp_path)
+    registry = PluginRegistry()
+    sources = collect(registry, None, use_entry_points=False)
+    assert {e.id for e in registry.entries} == BUILT_IN_IDS
+    assert {Path(source).parent for source in sources} == {REPO_PLUGINS}
+    assert loader.PACKAGED_BUILTINS == REPO_PLUGINS
+
+
+@pytest.mark.process
+def test_a_wheel_loads_the_built_ins_packaged_inside_it(tmp_path: Path) -> None:
+    """The wheel (what the image installs) carries the built-ins in the package: started from a
+    directory with no `plugins/`, the installed package lists them from there."""
+    pytest.importorskip("hatchling", reason="hatchling is in the dev extra")
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = tmp_path.glob("executor-*.whl")
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTOR_")}
+    # First on the path: this interpreter's editable install of the checkout comes after it.
+    env.update(PYTHONPATH=str(installed), EXECUTOR_PLUGIN_ENTRY_POINTS="false")
+    shown = subprocess.run(
+        [sys.executable, "-m", "executor", "plugins", "--json"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = {row["id"]: row for row in json.loads(shown.stdout)}
+    assert set(rows) == BUILT_IN_IDS
+    packaged = installed / "executor" / "_builtin_plugins"
+    assert {Path(row["source"]).parent for row in rows.values()} == {packaged}
 
 
 def test_collect_loads_the_directory_and_the_entry_points(

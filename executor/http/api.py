@@ -1,12 +1,14 @@
 """The JSON API under `/api/v1`: the CLI's operations, for services written in any language.
 
-Submissions go through `Client.submit`, so the API refuses exactly what `executor submit` refuses,
-before anything is stored. Every error is a 4xx (or a 503 when the database does not answer) with
-the body `{"error": {"code": ..., "message": ..., "details": [...]}}`.
+Submissions go through `Client.submit` of a client the composition root made with the daemon's
+settings (`executor.app.parts.client_for`), so the API refuses exactly what `executor submit`
+refuses, for the same reasons, before anything is stored; the request model below checks only
+the JSON types, and every rule beyond that is the client's. Every error is a 4xx (or a 503 when
+the database does not answer) with the body `{"error": {"code": ..., "message": ..., "details": [...]}}`.
 
-Executions and events have the shapes of `executor get --json` and `executor events --json`
-(`execution_dict`, `event_dict`); the response models below describe them for the OpenAPI
-document, and a test holds the two together.
+Executions, events and replicas have the shapes of `executor get --json`, `executor events --json`
+and `executor replicas --json` (`executor.views`); the response models below describe them for
+the OpenAPI document, and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
@@ -30,14 +32,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor import __version__
-from executor.client import Client, SubmissionError, event_dict, execution_dict
+from executor.client import Client, SubmissionError, UnknownTaskTypeError
 from executor.core import Phase
 from executor.http.metrics import Metrics
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings
-from executor.store import AbortResult, Store
+from executor.store import AbortResult
 from executor.store.replicas import list_replicas
 from executor.store.stats import FINAL_PHASES, finished_per_minute, lease_holders
+from executor.views import event_dict, execution_dict, iso, own_replica_dict, replica_dicts
 
 PREFIX = "/api/v1"
 #: Largest request body accepted; a submission's inputs belong in the store, not a file upload.
@@ -75,17 +78,55 @@ def error_response(
 # -- request and response models (the OpenAPI document is made from these) --------------------
 
 
+_DURATION = "Seconds, or text such as '5s', '250ms', '1m30s'."
+
+
+def _duration_type(value: object) -> float | str:
+    """Only the JSON type is checked here; the client parses and refuses the value itself."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a number of seconds or text such as '5s'")
+    return value
+
+
+#: A duration as the CLI and the settings take it: seconds, or text such as "5s".
+JsonDuration = Annotated[
+    float | str,
+    PlainValidator(_duration_type),
+    WithJsonSchema({"oneOf": [{"type": "number"}, {"type": "string"}]}),
+]
+
+
 class SubmitRequest(BaseModel):
-    """A new execution. Only `task_type` is required."""
+    """A new execution: the options of `executor submit` and `Client.submit`. Only `task_type` is
+    required. Values are checked by the same client as the CLI's, with the same messages."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    task_type: str = Field(min_length=1, description="A task type some loaded plugin handles.")
+    task_type: str = Field(description="A task type some loaded plugin handles.")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The plugin's inputs (a JSON object).")
     labels: dict[str, str] = Field(default_factory=dict)
-    priority: int = 0
-    max_attempts: int | None = Field(None, ge=1, description="Default: EXECUTOR_DEFAULT_MAX_ATTEMPTS.")
-    not_before: AwareDatetime | None = Field(None, description="No round runs before this time.")
+    priority: int = Field(0, description="Higher is claimed first.")
+    max_attempts: int | None = Field(None, description="At least 1. Default: EXECUTOR_DEFAULT_MAX_ATTEMPTS.")
+    not_before: datetime | None = Field(
+        None, description="No round runs before this time (ISO 8601 with a time zone)."
+    )
+    timeout: JsonDuration | None = Field(
+        None, description=f"Per attempt, from its first round. {_DURATION} Default: EXECUTOR_DEFAULT_TIMEOUT."
+    )
+    deadline: JsonDuration | None = Field(
+        None,
+        description=f"The whole execution's, from now. {_DURATION} Default: EXECUTOR_DEFAULT_DEADLINE.",
+    )
+    idempotency_key: str | None = Field(
+        None, description="1 to 255 characters; a repeat with this key returns the first execution's id."
+    )
+    backoff_base: JsonDuration | None = Field(
+        None,
+        description=f"This execution's retry backoff. {_DURATION} Default: EXECUTOR_RETRY_BACKOFF_BASE.",
+    )
+    backoff_max: JsonDuration | None = Field(
+        None, description=f"{_DURATION} Default: EXECUTOR_RETRY_BACKOFF_MAX."
+    )
 
 
 class AbortRequest(BaseModel):
@@ -130,10 +171,20 @@ class Execution(BaseModel):
     outputs: dict[str, Any] | None
     labels: dict[str, str]
     priority: int
+    timeout: float | None = Field(description="Seconds per attempt, as submitted (or the default).")
+    deadline: float | None = Field(description="Seconds from submission, as submitted (or the default).")
+    deadline_at: str | None = Field(description="When the deadline falls.")
+    not_before: str | None = Field(
+        description="The submission's not-before time, until the first round has run (then null)."
+    )
+    idempotency_key: str | None
+    backoff_base: float | None = Field(description="Seconds; null: EXECUTOR_RETRY_BACKOFF_BASE.")
+    backoff_max: float | None = Field(description="Seconds; null: EXECUTOR_RETRY_BACKOFF_MAX.")
     rounds: int
     plugin_state_version: int
     abort_requested: bool
     finalized: bool
+    finalize_error: str | None
     created_at: str | None
     updated_at: str | None
     next_round_at: str | None
@@ -187,18 +238,23 @@ class PluginList(BaseModel):
 
 
 class Replica(BaseModel):
+    """A replica, as `executor replicas --json` prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+
     id: str
-    this: bool = Field(description="The replica that answered this request.")
+    this: bool = Field(description="The replica that answered this request (never, from the CLI).")
     live: bool | None = Field(
         description="Heartbeat within 3 x EXECUTOR_HEARTBEAT_INTERVAL; null: seen only holding leases."
     )
-    host: str | None = None
-    pid: int | None = None
-    started_at: str | None = None
-    heartbeat_at: str | None = None
-    rounds: int | None = None
-    last_round_at: str | None = None
-    in_flight: int | None = Field(None, description="Executions of its rounds under way.")
+    host: str | None
+    pid: int | None
+    started_at: str | None
+    heartbeat_at: str | None
+    silent_for: float | None = Field(description="Seconds since its last heartbeat.")
+    rounds: int | None
+    last_round_at: str | None
+    in_flight: int | None = Field(description="Executions of its rounds under way.")
     executions_leased: int = Field(description="Executions it holds an unexpired lease on.")
 
 
@@ -264,10 +320,6 @@ class BearerAuth:
 # -- the endpoints ----------------------------------------------------------------------------
 
 
-def _iso(seconds: float | None) -> str | None:
-    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
-
-
 def encode_cursor(created_at: float, execution_id: str) -> str:
     raw = json.dumps([created_at, execution_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -287,14 +339,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class Api:
-    def __init__(self, store: Store, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> None:
-        self.store = store
+    def __init__(self, client: Client, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> None:
+        self.client = client
+        self.store = client.store
         self.plugins = plugins
         self.settings = settings
         self.metrics = metrics
-        self.client = Client(
-            store, task_types=plugins.resolver, default_max_attempts=settings.default_max_attempts
-        )
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -323,14 +373,6 @@ class Api:
             body = SubmitRequest.model_validate_json(raw)
         except pydantic.ValidationError as err:
             raise _invalid(err) from None
-        if self.plugins.resolver.plugin_id_for(body.task_type) is None:
-            known = self.plugins.task_types
-            raise ApiError(
-                422,
-                "unknown_task_type",
-                f"unknown task type {body.task_type!r}; known task types: {', '.join(known) or 'none'}",
-                [{"known_task_types": known}],
-            )
         try:
             execution_id = await self.client.submit(
                 body.task_type,
@@ -339,7 +381,14 @@ class Api:
                 priority=body.priority,
                 max_attempts=body.max_attempts,
                 not_before=body.not_before,
+                timeout=body.timeout,
+                deadline=body.deadline,
+                idempotency_key=body.idempotency_key,
+                backoff_base=body.backoff_base,
+                backoff_max=body.backoff_max,
             )
+        except UnknownTaskTypeError as err:
+            raise ApiError(422, "unknown_task_type", str(err), [{"known_task_types": err.known}]) from None
         except SubmissionError as err:
             raise ApiError(422, "invalid_submission", f"submission refused: {err}") from None
         record = await self.client.get(execution_id)
@@ -425,39 +474,17 @@ class Api:
         beating = await list_replicas(self.store, live_within=live_within)
         leases = {h.owner: h.executions for h in await lease_holders(self.store, now=time.time())}
         me = self.settings.replica_id
-        items: list[dict[str, Any]] = [
-            {
-                "id": r.id,
-                "this": r.id == me,
-                "live": r.live,
-                "host": r.host,
-                "pid": r.pid,
-                "started_at": _iso(r.started_at),
-                "heartbeat_at": _iso(r.heartbeat_at),
-                "rounds": r.rounds,
-                "last_round_at": _iso(r.last_round_at),
-                "in_flight": r.in_flight,
-                "executions_leased": leases.pop(r.id, 0),
-            }
-            for r in beating
-        ]
+        items = replica_dicts(beating, leases, this=me)
         if me not in {r.id for r in beating}:  # before its first heartbeat: what it knows itself
-            items.insert(
-                0,
-                {
-                    "id": me,
-                    "this": True,
-                    "live": True,
-                    "started_at": _iso(self.metrics.started_at),
-                    "rounds": self.metrics.rounds,
-                    "last_round_at": _iso(self.metrics.last_round_at),
-                    "executions_leased": leases.pop(me, 0),
-                },
+            items = [item for item in items if item["id"] != me]
+            mine = own_replica_dict(
+                me,
+                started_at=self.metrics.started_at,
+                rounds=self.metrics.rounds,
+                last_round_at=self.metrics.last_round_at,
+                executions_leased=leases.get(me, 0),
             )
-        items += [
-            {"id": owner, "this": False, "live": None, "executions_leased": count}
-            for owner, count in sorted(leases.items())
-        ]
+            items.insert(0, mine)
         return JSONResponse({"items": items})
 
     # GET /stats/phases
@@ -473,7 +500,7 @@ class Api:
         current = int(time.time()) // 60 * 60
         first = current - (minutes - 1) * 60
         buckets: dict[int, dict[str, Any]] = {
-            minute: {"minute": _iso(minute), **{phase.name: 0 for phase in FINAL_PHASES}}
+            minute: {"minute": iso(minute), **{phase.name: 0 for phase in FINAL_PHASES}}
             for minute in range(first, current + 60, 60)
         }
         for item in await finished_per_minute(self.store, since=first):

@@ -28,18 +28,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from executor.client import Client
 from executor.http import dashboard, health
 from executor.http.api import PREFIX, Api, ApiError, BearerAuth, error_response
 from executor.http.metrics import Metrics
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings, SettingsError, parse_http_addr
-from executor.store import Store
 
 
-def create_app(*, store: Store, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> Starlette:
-    """The whole HTTP surface: probes, metrics, `/api/v1` behind the token, and the dashboard."""
-    api = Api(store, plugins, settings, metrics)
+def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> Starlette:
+    """The whole HTTP surface: probes, metrics, `/api/v1` behind the token, and the dashboard.
+
+    Its parts come from the composition root (`executor.app`): `client` is the one every door
+    submits through, over the daemon's store.
+    """
+    store = client.store
+    api = Api(client, plugins, settings, metrics)
     token = settings.api_token.get_secret_value() if settings.api_token else None
 
     async def healthz(request: Request) -> Response:
@@ -160,7 +165,7 @@ class HttpServer:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, store: Store, plugins: LoadedPlugins, metrics: Metrics
+        cls, settings: Settings, *, client: Client, plugins: LoadedPlugins, metrics: Metrics
     ) -> HttpServer | None:
         """Bind EXECUTOR_HTTP_ADDR (None when it is empty) and warn when it is open to the network."""
         if not settings.http_addr:
@@ -173,7 +178,7 @@ class HttpServer:
             raise SettingsError(
                 f"invalid setting EXECUTOR_HTTP_ADDR={settings.http_addr!r}: cannot listen there: {reason}"
             ) from None
-        app = create_app(store=store, plugins=plugins, settings=settings, metrics=metrics)
+        app = create_app(client=client, plugins=plugins, settings=settings, metrics=metrics)
         server = cls(
             app,
             sock,

@@ -21,8 +21,28 @@ from executor.plugin.registry import PluginRegistry, registering_into
 
 ENTRY_POINT_GROUP = "executor.plugins"
 
-#: Built-in plugins packaged inside the wheel, for installs that have no `plugins/` directory.
-PACKAGED_BUILTINS = Path(__file__).resolve().parent.parent / "_builtin_plugins"
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def _builtins_directory() -> Path:
+    """Where the built-in plugins (`core-sleep`, `echo`, `http-job`) are, however executor was installed.
+
+    They are the checkout's `plugins/*.py`. A wheel carries them inside the package, as
+    `executor/_builtin_plugins` (pyproject force-includes them); an editable install (`pip install
+    -e .`, what `make run` does) and a source tree import the package from the checkout, where
+    they sit next to it. Found relative to the package, never the working directory, so the
+    daemon and the CLI know the same task types wherever they are started. (The migrations are
+    found the same way: `executor.store.migrate.MIGRATIONS_DIR`.)
+    """
+    packaged = _PACKAGE / "_builtin_plugins"
+    checkout = _PACKAGE.parent / "plugins"
+    if not packaged.is_dir() and (_PACKAGE.parent / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    return packaged
+
+
+#: The built-in plugins: packaged inside a wheel, or the checkout's `plugins/` (see above).
+PACKAGED_BUILTINS = _builtins_directory()
 
 
 class PluginLoadError(Exception):
