@@ -432,3 +432,10 @@ decode_event: Final = _event_decoder()
 def event_row(event: EventRecord) -> dict[str, Any]:
     """An event as the row an insert writes, by column name."""
     return dict(zip(EVENT_COLUMNS, encode_event(event), strict=True))
+
+
+#: A whole record as its row, by column name: the inverse of `decode_execution` (for restores and
+#: the codec's round-trip test; new executions use `submissions.new_row`).
+encode_execution: Final = new_row_encoder(
+    "encode_execution", {name: f"record.{name}" for name in RECORD_FIELDS}, ("record",)
+)
