@@ -15,6 +15,7 @@ as `__source__` for reading and debugging.
 
 from __future__ import annotations
 
+import ast
 import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -287,12 +288,16 @@ def _record_decoder() -> Callable[[Sequence[Any]], ExecutionRecord]:
     return _compile("decode_execution", source)
 
 
+def _names_in(expression: str) -> list[str]:
+    return [node.id for node in ast.walk(ast.parse(expression, mode="eval")) if isinstance(node, ast.Name)]
+
+
 def new_row_encoder(
     name: str, given: Mapping[str, str], parameters: Sequence[str]
 ) -> Callable[..., dict[str, Any]]:
     """A function of `parameters` that returns a new execution's row by column name: the fields in
     `given`, each a Python expression over the parameters, and `ExecutionRecord`'s defaults for the
-    others (encoded once, here).
+    others. Values that do not depend on the parameters are encoded once, here.
 
     Built like the other codecs rather than as a record then encoded: constructing the frozen
     record by keywords first cost twice the row itself.
@@ -304,12 +309,15 @@ def new_row_encoder(
     namespace = dict(_NAMESPACE)
     lines, items = [], []
     for col in EXECUTIONS:
-        if col.name in given:
+        constant = col.name in given and not set(_names_in(given[col.name])) & set(parameters)
+        if col.name in given and not constant:
             lines.append(f"    {_local(col)} = {given[col.name]}\n")
             items.append(f"{col.name!r}: {col.codec.encode(_local(col))}")
             continue
         field_ = record_fields[col.name]
-        if field_.default is not MISSING:
+        if constant:
+            default = eval(given[col.name], dict(_NAMESPACE))
+        elif field_.default is not MISSING:
             default = field_.default
         elif field_.default_factory is not MISSING:
             default = field_.default_factory()
@@ -329,9 +337,18 @@ def new_row_encoder(
     return _compile(name, source, namespace)
 
 
+#: Fields `commit_rows` reads into locals before the row (it decides the lease with them).
+_READ_FIRST: Final = ("phase", "finalized", "finalize_failures")
+
+
 def _committed_value(col: Col, lines: list[str]) -> str:
     """The expression a commit row holds for `col`; a field read more than once is read into a local
     first (`lines`), once."""
+    if col.name in _READ_FIRST:
+        field_ = _local(col)
+        return (col.codec.encode("{v}") if col.commit_value is None else col.commit_value).replace(
+            "{v}", field_
+        )
     field_ = f"record.{col.name}"
     encoded = col.codec.encode("{v}")
     template = encoded if col.commit_value is None else col.commit_value.replace("{encoded}", encoded)
@@ -367,8 +384,9 @@ def _commit_rows_builder() -> Callable[
         "    groups = {}\n"
         "    for item in updates:\n"
         "        record = item.record\n"
-        "        terminal = record.phase in TERMINAL_PHASES\n"
-        "        keep_lease = terminal and not record.finalized and record.finalize_failures == 0\n"
+        + "".join(f"        c_{name} = record.{name}\n" for name in _READ_FIRST)
+        + "        terminal = c_phase in TERMINAL_PHASES\n"
+        "        keep_lease = terminal and not c_finalized and c_finalize_failures == 0\n"
         + "".join(f"{line}\n" for line in prelude)
         + "        heavy = ()\n"
         "        if item.state_changed:\n"
