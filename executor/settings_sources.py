@@ -18,9 +18,9 @@ from typing import Any
 
 import pydantic
 from dotenv import dotenv_values
-from sqlalchemy.engine import make_url
 
 from executor.settings import Settings
+from executor.store.base import url_without_password
 
 PREFIX = "EXECUTOR_"
 MASK = "********"
@@ -89,7 +89,7 @@ def _shown(name: str, value: Any) -> Any:
     if isinstance(value, pydantic.SecretStr):
         return MASK
     if name == "database_url" and isinstance(value, str):
-        return make_url(value).render_as_string(hide_password=True)  # the password as ***
+        return url_without_password(value)  # the password as ***
     if isinstance(value, timedelta):
         return f"{value.total_seconds():g}s"
     if isinstance(value, Path):

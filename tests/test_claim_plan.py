@@ -267,16 +267,16 @@ async def test_postgres_commit_looks_each_row_up_by_key_whatever_the_token_stati
     ms for a 256-row commit). The commit must walk its arrays and find each row by key."""
     from executor import lifecycle
     from executor.core import PhaseInfo, do_transition
-    from executor.store.store import _grouped_updates
+    from executor.store.columns import commit_rows
 
     await _insert_postgres_rows(postgres_store, 20_000, finished=False)
     claimed = await postgres_store.claim(owner="o", token="t", limit=256, lease_ttl=30, now=T0 + 10)
     handled = lifecycle.Handled(do_transition(PhaseInfo.running(0)))
     updates = [lifecycle.advance(record, handled, T0 + 11, lifecycle.Policy()) for record in claimed]
-    ((shape, rows),) = _grouped_updates(updates, "t", T0 + 11).items()
+    ((shape, rows),) = commit_rows(updates, "t", T0 + 11).items()
 
     async with postgres_store.engine.connect() as conn:
-        sql = postgres_store._round_sql.update_unnest(*shape)
+        sql = postgres_store.sql.update_round_unnest(*shape)
         plan = "\n".join(
             row[0] for row in await conn.exec_driver_sql(f"EXPLAIN {sql}", tuple(zip(*rows, strict=True)))
         )

@@ -22,7 +22,6 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
 from executor import cli
@@ -41,7 +40,7 @@ from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
 from executor.runtime import Reconciler
 from executor.settings import load_settings
-from executor.store import Store, Submission
+from executor.store import Store, StoreUnavailable, Submission
 from executor.store import notify as notify_module
 from executor.store.replicas import ReplicaStatus, beat, heartbeat, list_replicas
 from executor.store.tables import events, executions
@@ -225,7 +224,7 @@ async def test_a_round_whose_connection_drops_mid_commit_leaves_nothing_and_runs
 
         loop = await reconciler(store, postgres_url, [Steps()], replica_id="r1")
         # A database error, which the loop's `run` logs and retries with backoff.
-        with pytest.raises(DBAPIError):
+        with pytest.raises(StoreUnavailable):
             await loop.run_round()
         assert killed, "the fault was not injected"
 

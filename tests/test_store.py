@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import exc, select
+from sqlalchemy import select
 
 from executor.core import ErrorKind, ExecutionError, Phase
 from executor.core.records import EventRecord, ExecutionRecord, RecordUpdate
-from executor.store import AbortResult, CommitResult, Store, Submission
+from executor.store import AbortResult, CommitResult, Store, StoreRefused, Submission
 from executor.store.tables import executions
 
 pytestmark = pytest.mark.anyio
@@ -622,7 +622,7 @@ async def test_a_duplicate_event_fails_the_whole_commit(store: Store) -> None:
     # An event numbered like the existing "Submitted" one.
     duplicate = replace(update, events=(replace(update.events[0], seq=1),))
 
-    with pytest.raises(exc.IntegrityError):
+    with pytest.raises(StoreRefused):
         await store.commit_round("t1", [duplicate], now=T0 + 1)
 
     # Nothing of the round is visible: the row is as claimed, the events as submitted.
@@ -653,7 +653,7 @@ def test_execution_ids_are_uuid7_in_submission_order() -> None:
     import time
     import uuid as uuid_module
 
-    from executor.store.store import new_execution_id
+    from executor.store.submissions import new_execution_id
 
     ids = [new_execution_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)

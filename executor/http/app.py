@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import hypercorn.asyncio
 import hypercorn.config
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -35,6 +34,7 @@ from executor.http.metrics import Metrics
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings, SettingsError, parse_http_addr
+from executor.store import StoreRefused, StoreUnavailable
 
 
 def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> Starlette:
@@ -71,7 +71,8 @@ def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, me
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
-            SQLAlchemyError: _store_unavailable,
+            StoreUnavailable: _store_unavailable,
+            StoreRefused: _store_refused,
             OSError: _store_unavailable,
         },
     )
@@ -98,7 +99,14 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     get_logger().warning(
         "http.store_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
     )
-    return error_response(503, "store_unavailable", f"the database does not answer: {type(exc).__name__}")
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None else exc
+    return error_response(503, "store_unavailable", f"the database does not answer: {type(cause).__name__}")
+
+
+async def _store_refused(request: Request, exc: Exception) -> Response:
+    """A value the database would not store (out of its range, a character it cannot hold): the
+    request's fault, and nothing was stored."""
+    return error_response(422, "refused_by_store", str(exc))
 
 
 class _ErrorsAsJson:

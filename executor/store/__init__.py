@@ -1,6 +1,6 @@
 """The SQL store: tables, queries, and the few statements that differ per dialect."""
 
-from executor.store.errors import StoreError, StoreRefused, StoreUnavailable
+from executor.store.errors import StoreError, StoreRefused, StoreUnavailable, is_unavailable
 from executor.store.store import AbortResult, CommitResult, Store, Submission, create_engine
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "StoreUnavailable",
     "Submission",
     "create_engine",
+    "is_unavailable",
 ]

@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from executor.store.guard import guarded
 from executor.store.sqlite import BEGIN_OPTION
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -51,15 +52,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     # SQLite it must take the write lock at BEGIN (IMMEDIATE): replicas starting together would
     # otherwise each read "no revision" and then fail with "database is locked" when one of them
     # writes (see sqlite.py); on PostgreSQL the advisory lock above serialises them.
-    async with engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"}).connect() as connection:
-        await connection.begin()
-        await connection.run_sync(_upgrade)
-        await connection.commit()
+    with guarded:
+        async with engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"}).connect() as connection:
+            await connection.begin()
+            await connection.run_sync(_upgrade)
+            await connection.commit()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     def _current(connection: Any) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with engine.connect() as connection:
-        return await connection.run_sync(_current)
+    with guarded:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_current)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from executor.store.dialect import PINNED_LEASE_NOW, Dialect, claim_statement
+from executor.store.dialect import Dialect
+from executor.store.statements import PINNED_LEASE_NOW, claim_statement
 
 #: Must stay the literal predicate of `ix_executions_claimable` (see tables.py).
 CLAIMABLE = "NOT finalized"
@@ -19,4 +20,7 @@ DIALECT = Dialect(
     claim_sql_pinned=claim_statement(
         CLAIMABLE, " FOR UPDATE SKIP LOCKED", PINNED_LEASE_NOW, ids_as_array=True
     ),
+    claimable=CLAIMABLE,
+    numbered=True,
+    true="TRUE",
 )

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from executor.store import postgres
+from executor.store.guard import guarded
 from executor.store.store import Store
 from executor.store.tables import resource_allocations, resource_quotas
 
@@ -34,29 +35,34 @@ class SqlResourceManager:
     async def register(self, quotas: Mapping[str, int], *, now: float | None = None) -> None:
         """Set the quota of each namespace (the last replica to start with a changed quota wins)."""
         stamp = time.time() if now is None else now
-        for namespace, quota in sorted(quotas.items()):
-            for attempt in range(2):
-                try:
-                    async with self._store._writer.begin() as conn:
-                        changed = await conn.execute(
-                            update(resource_quotas)
-                            .where(resource_quotas.c.namespace == namespace)
-                            .values(quota=quota, updated_at=stamp)
-                        )
-                        if not changed.rowcount:
-                            await conn.execute(
-                                insert(resource_quotas).values(
-                                    namespace=namespace, quota=quota, updated_at=stamp
-                                )
+        # Outside the retry: an IntegrityError must reach it as itself.
+        with guarded:
+            for namespace, quota in sorted(quotas.items()):
+                for attempt in range(2):
+                    try:
+                        async with self._store._writer.begin() as conn:
+                            changed = await conn.execute(
+                                update(resource_quotas)
+                                .where(resource_quotas.c.namespace == namespace)
+                                .values(quota=quota, updated_at=stamp)
                             )
-                    break
-                except IntegrityError:
-                    if attempt:  # another replica inserted it meanwhile: update it the second time
-                        raise
+                            if not changed.rowcount:
+                                await conn.execute(
+                                    insert(resource_quotas).values(
+                                        namespace=namespace, quota=quota, updated_at=stamp
+                                    )
+                                )
+                        break
+                    except IntegrityError:
+                        if attempt:  # another replica inserted it meanwhile: update it the second time
+                            raise
 
     async def quotas(self) -> dict[str, int]:
-        async with self._store.engine.connect() as conn:
-            rows = (await conn.execute(select(resource_quotas.c.namespace, resource_quotas.c.quota))).all()
+        with guarded:
+            async with self._store.engine.connect() as conn:
+                rows = (
+                    await conn.execute(select(resource_quotas.c.namespace, resource_quotas.c.quota))
+                ).all()
         return {namespace: quota for namespace, quota in rows}
 
     async def allocate(
@@ -73,58 +79,64 @@ class SqlResourceManager:
         below the quota for this allocation (Flyte's resource constraints, in their simplest form).
         """
         limit = _limit(constraints)
-        async with self._store._writer.begin() as conn:
-            quota_query = select(resource_quotas.c.quota).where(resource_quotas.c.namespace == namespace)
-            if self._store.dialect is postgres.DIALECT:
-                quota_query = quota_query.with_for_update()  # one allocation per namespace at a time
-            quota = (await conn.execute(quota_query)).scalar()
-            if quota is None:
-                known = (await conn.execute(select(resource_quotas.c.namespace))).scalars().all()
-                raise QuotaError(
-                    f"no quota is registered for namespace {namespace!r} "
-                    f"(registered: {', '.join(sorted(known)) or 'none'})"
+        with guarded:
+            async with self._store._writer.begin() as conn:
+                quota_query = select(resource_quotas.c.quota).where(resource_quotas.c.namespace == namespace)
+                if self._store.dialect is postgres.DIALECT:
+                    quota_query = quota_query.with_for_update()  # one allocation per namespace at a time
+                quota = (await conn.execute(quota_query)).scalar()
+                if quota is None:
+                    known = (await conn.execute(select(resource_quotas.c.namespace))).scalars().all()
+                    raise QuotaError(
+                        f"no quota is registered for namespace {namespace!r} "
+                        f"(registered: {', '.join(sorted(known)) or 'none'})"
+                    )
+                held = await conn.execute(
+                    select(resource_allocations.c.token).where(
+                        resource_allocations.c.namespace == namespace, resource_allocations.c.token == token
+                    )
                 )
-            held = await conn.execute(
-                select(resource_allocations.c.token).where(
-                    resource_allocations.c.namespace == namespace, resource_allocations.c.token == token
+                if held.first() is not None:
+                    return True
+                in_use = (
+                    await conn.execute(
+                        select(func.count()).where(resource_allocations.c.namespace == namespace)
+                    )
+                ).scalar_one()
+                if in_use >= (quota if limit is None else min(quota, limit)):
+                    return False
+                await conn.execute(
+                    insert(resource_allocations).values(
+                        namespace=namespace, token=token, execution_id=execution_id, allocated_at=time.time()
+                    )
                 )
-            )
-            if held.first() is not None:
-                return True
-            in_use = (
-                await conn.execute(select(func.count()).where(resource_allocations.c.namespace == namespace))
-            ).scalar_one()
-            if in_use >= (quota if limit is None else min(quota, limit)):
-                return False
-            await conn.execute(
-                insert(resource_allocations).values(
-                    namespace=namespace, token=token, execution_id=execution_id, allocated_at=time.time()
-                )
-            )
         return True
 
     async def release(self, namespace: str, token: str) -> None:
-        async with self._store._writer.begin() as conn:
-            await conn.execute(
-                delete(resource_allocations).where(
-                    resource_allocations.c.namespace == namespace, resource_allocations.c.token == token
+        with guarded:
+            async with self._store._writer.begin() as conn:
+                await conn.execute(
+                    delete(resource_allocations).where(
+                        resource_allocations.c.namespace == namespace, resource_allocations.c.token == token
+                    )
                 )
-            )
 
     async def release_execution(self, execution_id: str) -> int:
         """Release every token `execution_id` still holds; returns how many there were."""
-        async with self._store._writer.begin() as conn:
-            result = await conn.execute(
-                delete(resource_allocations).where(resource_allocations.c.execution_id == execution_id)
-            )
+        with guarded:
+            async with self._store._writer.begin() as conn:
+                result = await conn.execute(
+                    delete(resource_allocations).where(resource_allocations.c.execution_id == execution_id)
+                )
         return int(result.rowcount or 0)
 
     async def in_use(self, namespace: str | None = None) -> int:
         query = select(func.count()).select_from(resource_allocations)
         if namespace is not None:
             query = query.where(resource_allocations.c.namespace == namespace)
-        async with self._store.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        with guarded:
+            async with self._store.engine.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
 
     def for_execution(self, execution_id: str) -> ExecutionResources:
         return ExecutionResources(self, execution_id)

@@ -16,6 +16,7 @@ import anyio
 from sqlalchemy import delete, text
 
 from executor.logging import get_logger
+from executor.store.guard import guarded
 from executor.store.store import Store
 from executor.store.tables import replicas
 
@@ -73,17 +74,20 @@ async def beat(store: Store, replica_id: str, status: ReplicaStatus, *, first: b
         "in_flight": status.in_flight,
         "first": first,
     }
-    async with store.engine.begin() as conn:
-        await conn.execute(text(_upsert(now_sql)), params)
-        if first:
-            await conn.execute(
-                text(f"DELETE FROM replicas WHERE heartbeat_at < {now_sql} - :prune"), {"prune": PRUNE_AFTER}
-            )
+    with guarded:
+        async with store.engine.begin() as conn:
+            await conn.execute(text(_upsert(now_sql)), params)
+            if first:
+                await conn.execute(
+                    text(f"DELETE FROM replicas WHERE heartbeat_at < {now_sql} - :prune"),
+                    {"prune": PRUNE_AFTER},
+                )
 
 
 async def remove(store: Store, replica_id: str) -> None:
-    async with store.engine.begin() as conn:
-        await conn.execute(delete(replicas).where(replicas.c.id == replica_id))
+    with guarded:
+        async with store.engine.begin() as conn:
+            await conn.execute(delete(replicas).where(replicas.c.id == replica_id))
 
 
 async def list_replicas(store: Store, *, live_within: float, include_stale: bool = False) -> list[Replica]:
@@ -93,8 +97,9 @@ async def list_replicas(store: Store, *, live_within: float, include_stale: bool
         f"SELECT id, host, pid, started_at, heartbeat_at, rounds, last_round_at, in_flight, "
         f"{store.dialect.now_sql} - heartbeat_at AS silent_for FROM replicas ORDER BY started_at, id"
     )
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    with guarded:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
     found = [
         Replica(
             id=row.id,

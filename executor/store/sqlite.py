@@ -14,7 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from executor.store.dialect import PINNED_LEASE_NOW, Dialect, claim_statement
+from executor.store.dialect import Dialect
+from executor.store.statements import PINNED_LEASE_NOW, claim_statement
 
 #: Must stay the literal predicate of `ix_executions_claimable` (see tables.py).
 CLAIMABLE = "finalized = 0"
@@ -38,9 +39,15 @@ DIALECT = Dialect(
     engine_options={"connect_args": {"timeout": 30}, "pool_reset_on_return": None},
     now_sql=NOW,
     claim_sql_pinned=claim_statement(CLAIMABLE, "", PINNED_LEASE_NOW, DUE),
+    claimable=CLAIMABLE,
+    numbered=False,
+    true="1",
 )
 
 BEGIN_OPTION = "executor_sqlite_begin"
+
+#: Changes whenever another connection commits: how an idle daemon notices submissions.
+DATA_VERSION = "PRAGMA data_version"
 
 
 def prepare_url(url: str) -> None:

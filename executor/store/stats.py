@@ -13,6 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from executor.core import Phase
 from executor.store import postgres, sqlite
+from executor.store.guard import guarded
 from executor.store.store import Store
 from executor.store.tables import executions
 
@@ -51,8 +52,9 @@ async def finished_per_minute(store: Store, *, since: float) -> list[FinishedCou
         )
         .group_by(minute, executions.c.phase)
     )
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    with guarded:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
     return sorted(
         (FinishedCount(int(row[0]) * 60, Phase(row[1]), int(row[2])) for row in rows),
         key=lambda item: (item.minute, item.phase),
@@ -78,8 +80,9 @@ async def lease_holders(store: Store, *, now: float) -> list[LeaseHolder]:
         .group_by(executions.c.lease_owner)
         .order_by(executions.c.lease_owner)
     )
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    with guarded:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
     return [LeaseHolder(str(row[0]), int(row[1]), float(row[2])) for row in rows]
 
 

@@ -3,20 +3,9 @@ a test checks that a freshly migrated database and these definitions agree."""
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Double,
-    Index,
-    Integer,
-    MetaData,
-    SmallInteger,
-    String,
-    Table,
-    Text,
-    false,
-    text,
-)
+from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, text
+
+from executor.store.columns import EVENTS, EXECUTIONS
 
 metadata = MetaData(
     naming_convention={
@@ -27,54 +16,9 @@ metadata = MetaData(
     }
 )
 
-executions = Table(
-    "executions",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("task_type", String(255), nullable=False),
-    Column("inputs", Text, nullable=False),
-    Column("outputs", Text),
-    Column("labels", Text, nullable=False),
-    Column("priority", Integer, nullable=False),
-    # Where it stands (Phase as its integer value), and why.
-    Column("phase", SmallInteger, nullable=False),
-    Column("phase_version", Integer, nullable=False),
-    Column("reason", Text),
-    Column("error", Text),
-    Column("info", Text),
-    # The plugin's own state between rounds, JSON, with the version the plugin gave it.
-    Column("plugin_state", Text),
-    Column("plugin_state_version", Integer, nullable=False),
-    # Budgets and counters.
-    Column("attempt", Integer, nullable=False),
-    Column("max_attempts", Integer, nullable=False),
-    Column("system_failures", Integer, nullable=False),
-    Column("event_seq", Integer, nullable=False),
-    Column("rounds", Integer, nullable=False),
-    # Times, as seconds since the epoch.
-    Column("created_at", Double, nullable=False),
-    Column("updated_at", Double, nullable=False),
-    Column("next_round_at", Double, nullable=False),
-    Column("attempt_started_at", Double),
-    Column("finished_at", Double),
-    Column("abort_requested", Boolean, nullable=False),
-    Column("abort_reason", Text),
-    # True once the phase is final and `finalize` has run: the row never needs a round again.
-    Column("finalized", Boolean, nullable=False),
-    # The lease of the replica working on it right now.
-    Column("lease_owner", String(255)),
-    Column("lease_token", String(36)),
-    Column("lease_expires_at", Double),
-    # The lifecycle (migration 0002): clean-up owed by the current attempt, and per-submission limits.
-    Column("abort_owed", Boolean, nullable=False, server_default=false()),
-    Column("finalize_failures", Integer, nullable=False, server_default=text("0")),
-    Column("finalize_error", Text),
-    Column("timeout", Double),
-    Column("deadline_at", Double),
-    Column("backoff_base", Double),
-    Column("backoff_max", Double),
-    Column("idempotency_key", String(255)),
-)
+# The executions and events columns are declared in `columns.py`, with how each is stored and
+# written: the row codecs are derived from the same declaration.
+executions = Table("executions", metadata, *(col.column() for col in EXECUTIONS))
 
 # The claimable set: only rows that still need a round. Finished rows are outside the index, so a
 # million of them cost a claim nothing. SQLite uses a partial index only when the query repeats
@@ -98,20 +42,7 @@ Index(
 # A second submission with the same key returns the first execution (NULLs never collide).
 Index("ix_executions_idempotency_key", executions.c.idempotency_key, unique=True)
 
-events = Table(
-    "events",
-    metadata,
-    Column("execution_id", String(36), primary_key=True),
-    # 1, 2, ... per execution: the primary key is what makes a duplicate event impossible.
-    Column("seq", Integer, primary_key=True),
-    Column("attempt", Integer, nullable=False),
-    Column("phase", SmallInteger, nullable=False),
-    Column("phase_version", Integer, nullable=False),
-    Column("reason", Text),
-    Column("error", Text),
-    Column("info", Text),
-    Column("occurred_at", Double, nullable=False),
-)
+events = Table("events", metadata, *(col.column() for col in EVENTS))
 
 # Quotas shared by every replica of one store: the registered size of each namespace, and one row
 # per token holding a unit of it. The primary key makes an allocation idempotent per token.
