@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 
 from executor.core import SetupContext
 from executor.logging import get_logger
+from executor.plugin.lifecycle import running_plugins
 from executor.plugin.loader import collect
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
@@ -89,7 +90,8 @@ async def serve(settings: Settings, *, started: anyio.Event | None = None) -> No
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
         http = HttpServer.from_settings(settings, store=store, plugins=plugins, metrics=metrics)
         tune_gc()
-        async with anyio.create_task_group() as group:
+        # Plugins start before the first round and close after the loop and HTTP stopped.
+        async with running_plugins(plugins.by_id, log), anyio.create_task_group() as group:
             # Only once the handlers are in place does SIGTERM mean "stop"; before, it kills.
             await group.start(_on_signals, reconciler, group.cancel_scope, settings)
             group.start_soon(store.watch_changes, reconciler.wakeup.set)
