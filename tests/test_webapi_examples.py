@@ -28,8 +28,11 @@ def test_the_examples_directory_registers_both_plugins() -> None:
 
 async def test_the_countdown_example_counts_down_round_by_round(store: Store, database_url: str) -> None:
     h = await Harness.build(store, database_url, extra_dirs=(EXAMPLES,), step=1.0)
-    [execution_id, invalid] = await h.submit("example-countdown", [{"count": 3}, {"count": "three"}])
-    rounds = await h.drive(lambda: h.finished([execution_id, invalid]))
+    try:
+        [execution_id, invalid] = await h.submit("example-countdown", [{"count": 3}, {"count": "three"}])
+        rounds = await h.drive(lambda: h.finished([execution_id, invalid]))
+    finally:
+        await h.aclose()
 
     record = await store.get(execution_id)
     assert (record.phase, record.outputs) == (Phase.SUCCESS, {"rounds": 3})

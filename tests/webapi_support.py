@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -246,13 +247,18 @@ class FakeClock:
 
 class Harness:
     """A real Reconciler over the test's SQLite store with the plugins of `plugins/` (and any
-    extra directory), the `http-job` kit configuration given, and a fake clock."""
+    extra directory), the `http-job` kit configuration given, and a fake clock. The plugins run
+    their lifecycle as in the daemon (`running_plugins`): started by `build`, closed by `aclose`,
+    which must be awaited in the task that built the harness."""
 
-    def __init__(self, store: Any, reconciler: Any, clock: FakeClock, step: float) -> None:
+    def __init__(
+        self, store: Any, reconciler: Any, clock: FakeClock, step: float, lifecycle: AsyncExitStack
+    ) -> None:
         self.store = store
         self.reconciler = reconciler
         self.clock = clock
         self.step = step
+        self._lifecycle = lifecycle
 
     @classmethod
     async def build(
@@ -267,6 +273,7 @@ class Harness:
     ) -> Harness:
         from executor.core import SetupContext
         from executor.logging import get_logger
+        from executor.plugin.lifecycle import running_plugins
         from executor.plugin.loader import load_directory
         from executor.plugin.registry import PluginRegistry, load_plugins
         from executor.plugin.resources import InProcessResourceManager
@@ -288,16 +295,16 @@ class Harness:
         plugins = await load_plugins(registry, setup)
         clock = FakeClock(time.time())
         reconciler = Reconciler(store, plugins, loaded, resource_manager=resources, clock=clock)
-        return cls(store, reconciler, clock, step)
+        lifecycle = AsyncExitStack()
+        await lifecycle.enter_async_context(running_plugins(plugins.by_id, get_logger()))
+        return cls(store, reconciler, clock, step, lifecycle)
 
     def plugin(self, plugin_id: str = "http-job") -> Any:
         return self.reconciler.plugins.by_id[plugin_id]
 
     async def aclose(self) -> None:
-        for plugin in self.reconciler.plugins.by_id.values():
-            close = getattr(plugin, "aclose", None)
-            if close is not None:
-                await close()
+        """Stop the plugins' background tasks and close the plugins, as the daemon's shutdown does."""
+        await self._lifecycle.aclose()
 
     async def submit(self, task_type: str, inputs: list[dict[str, Any]], **fields: Any) -> list[str]:
         from executor.store import Submission

@@ -15,6 +15,9 @@ Cleaning up: `abort` deletes a created resource; `finalize` deletes one that did
 its own (whatever ended the attempt: a timeout, a deadline, a retry, a failure with
 `cleanup_on_failure`, a fault of the plugin) and then releases the quota token. A resource is
 deleted at most once per process, so abort followed by finalize makes one call.
+
+Lifetime: the daemon calls `start`, which starts the status cache's refresher in the daemon's
+task group, and `aclose` at shutdown, which closes the `AsyncPlugin`'s clients.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from executor.core import (
     PhaseInfo,
     Plugin,
     PluginProperties,
+    StartContext,
     TaskExecutionContext,
     Transition,
     do_transition,
@@ -136,9 +140,12 @@ class WebApiPlugin(Plugin):
         if state.quota_namespace is not None and state.name is not None:
             await tctx.resource_manager.release(state.quota_namespace, state.name)
 
+    async def start(self, ctx: StartContext) -> None:
+        """The shared status cache refreshes in the daemon's task group from now on."""
+        ctx.tasks.start_soon(self.cache.run, name="status cache")
+
     async def aclose(self) -> None:
-        """Stop the cache refresher and close the plugin's clients."""
-        await self.cache.aclose()
+        """Close the plugin's clients; the daemon has cancelled the refresher by now."""
         await self.plugin.aclose()
 
     # -- the stages ----------------------------------------------------------------------------
@@ -254,6 +261,10 @@ class WebApiPlugin(Plugin):
             # The stage stays resource_created: finalize deletes whatever is left remotely.
             return do_transition(PhaseInfo.retryable_failure("RemoteStatusFailed", message))
         if not item.synced:
+            if not self.cache.running:  # never fetched by anyone: fail loudly, not wait forever
+                raise RuntimeError(
+                    f"{self.id}: the status cache is not running (Plugin.start was not called)"
+                )
             # Nothing fetched yet: keep the phase, look again once the cache may know more.
             return do_transition(PhaseInfo(Phase.UNDEFINED), requeue_after=self.config.resync_interval)
         return await self._report(tctx, state, meta, item.resource, changed=False)
