@@ -17,7 +17,9 @@ its own (whatever ended the attempt: a timeout, a deadline, a retry, a failure w
 deleted at most once per process, so abort followed by finalize makes one call.
 
 Lifetime: the daemon calls `start`, which starts the status cache's refresher in the daemon's
-task group, and `aclose` at shutdown, which closes the `AsyncPlugin`'s clients.
+task group, and `aclose` at shutdown, which closes the `AsyncPlugin`'s clients. The resource meta
+is read back from plugin state into the type `AsyncPlugin[Meta, Resource]` names
+(`executor.webapi.typeparams`), so a restarted daemon hands the plugin a `Meta`, not a dict.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from executor.webapi.config import WebApiConfig
 from executor.webapi.errors import RateLimitedError, RemoteError, ResourceNotFoundError, describe
 from executor.webapi.plugin import AsyncPlugin
 from executor.webapi.ratelimit import RateLimits
+from executor.webapi.typeparams import infer_plugin_types
 
 #: Resources remembered as deleted, so that abort then finalize calls `delete` once.
 _DELETED_MEMORY = 10_000
@@ -90,6 +93,9 @@ class WebApiPlugin(Plugin):
     ) -> None:
         self.id = plugin_id
         self.plugin = plugin
+        types = infer_plugin_types(type(plugin))  # refuses a plugin whose meta type is unknown
+        self.resource_meta_type: Any = types.resource_meta
+        self.resource_type: Any = types.resource
         self.config = config if config is not None else plugin.config
         self._log = logger
         self.limits = limits or RateLimits(
@@ -101,7 +107,7 @@ class WebApiPlugin(Plugin):
         self.cache = StatusCache(
             plugin.get, self.limits, self.config, is_terminal=plugin.is_terminal, logger=logger
         )
-        self._meta = TypeAdapter[Any](plugin.resource_meta_type)
+        self._meta = TypeAdapter[Any](self.resource_meta_type)
         self._deleted: OrderedDict[str, None] = OrderedDict()
 
     # -- the core contract ---------------------------------------------------------------------
