@@ -3,7 +3,8 @@
 `JobServer` speaks the API `plugins/http_job.py` documents, from a thread (stdlib
 `ThreadingHTTPServer`, one thread per connection), and can be told to be slow, to answer 429 with
 `Retry-After`, to fail creates, to lose jobs and to require a bearer token. It records every call
-(method, path, status, monotonic time) and the most calls it ever served at once.
+(method, path, status, monotonic time), the most calls it ever served at once, and the client
+connections open now.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class JobServer:
         self.calls: list[Call] = []
         self.auth_headers: list[str | None] = []
         self.in_flight = 0
+        #: Client connections open now, and ever opened (a keep-alive connection counts once).
+        self.open_connections = 0
+        self.connections_opened = 0
         self.max_in_flight: dict[str, int] = {"GET": 0, "POST": 0, "DELETE": 0}
         self._in_flight_by_method: dict[str, int] = {"GET": 0, "POST": 0, "DELETE": 0}
         self._server: ThreadingHTTPServer | None = None
@@ -180,6 +184,20 @@ def _handler_for(server: JobServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with server.lock:
+                server.open_connections += 1
+                server.connections_opened += 1
+
+        def finish(self) -> None:
+            """Called once the client closed its connection (or it broke)."""
+            try:
+                super().finish()
+            finally:
+                with server.lock:
+                    server.open_connections -= 1
 
         def _serve(self) -> None:
             method = self.command
