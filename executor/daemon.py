@@ -14,6 +14,7 @@ from anyio.abc import TaskStatus
 
 from executor.app.process import DaemonParts, daemon_parts, setup_plugins
 from executor.logging import get_logger
+from executor.plugin.lifecycle import running_plugins
 from executor.runtime import Reconciler
 from executor.settings import Settings
 from executor.store import Store
@@ -52,10 +53,10 @@ async def _run(parts: DaemonParts, started: anyio.Event | None) -> None:
     settings, store, reconciler = parts.settings, parts.store, parts.reconciler
     log = get_logger(replica=settings.replica_id)
     tune_gc()
-    async with anyio.create_task_group() as group:
+    # Plugins start before the first round and close after the loop and HTTP stopped.
+    async with running_plugins(parts.plugins.by_id, log), anyio.create_task_group() as group:
         # Only once the handlers are in place does SIGTERM mean "stop"; before, it kills.
         await group.start(_on_signals, reconciler, group.cancel_scope, settings)
-        await parts.start_plugins(group)
         group.start_soon(store.watch_changes, reconciler.wakeup.set)
         group.start_soon(_heartbeat, store, reconciler, settings)
         if parts.http is not None:

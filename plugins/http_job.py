@@ -57,7 +57,6 @@ Job = dict[str, Any]
 
 class HttpJobPlugin(AsyncPlugin[JobMeta, Job]):
     config = WebApiConfig(read_rate=20, read_burst=20, write_rate=10, write_burst=10, resync_interval=2.0)
-    resource_meta_type = JobMeta
 
     def __init__(self, request_timeout: float = 10.0, max_connections: int = 16) -> None:
         self._request_timeout = request_timeout

@@ -28,8 +28,11 @@ def test_the_examples_directory_registers_both_plugins() -> None:
 
 async def test_the_countdown_example_counts_down_round_by_round(store: Store, database_url: str) -> None:
     h = await Harness.build(store, database_url, extra_dirs=(EXAMPLES,), step=1.0)
-    [execution_id, invalid] = await h.submit("example-countdown", [{"count": 3}, {"count": "three"}])
-    rounds = await h.drive(lambda: h.finished([execution_id, invalid]))
+    try:
+        [execution_id, invalid] = await h.submit("example-countdown", [{"count": 3}, {"count": "three"}])
+        rounds = await h.drive(lambda: h.finished([execution_id, invalid]))
+    finally:
+        await h.aclose()
 
     record = await store.get(execution_id)
     assert (record.phase, record.outputs) == (Phase.SUCCESS, {"rounds": 3})
@@ -72,3 +75,20 @@ async def test_the_remote_job_example_runs_a_job_and_holds_its_quota(
     assert most_live == 1  # the quota of one: the second job waited for the first
     phases = [e.phase for r in records for e in await store.events(r.id)]
     assert Phase.WAITING_FOR_RESOURCES in phases
+
+
+def test_the_readme_shows_the_remote_job_example_as_it_is() -> None:
+    """Every line of the README's remote-service plugin (bodies elided as `...`, comments aside)
+    is a line of plugins/examples/remote_job.py, the file the restart tests run in the daemon."""
+    readme = (EXAMPLES.parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Remote-service plugins") :]
+    block = section[section.index("```python\n") + len("```python\n") :]
+    block = block[: block.index("```")]
+    example = {
+        line.split("  # ")[0].strip() for line in (EXAMPLES / "remote_job.py").read_text().splitlines()
+    }
+    shown = [line.split("  # ")[0].strip().removesuffix(" ...") for line in block.splitlines()]
+    missing = [line for line in shown if line and line not in example]
+    assert missing == []
+    assert "class RemoteJobPlugin(AsyncPlugin[Meta, Job]):" in shown
+    assert not any("resource_meta_type" in line for line in example)  # the parameters are enough

@@ -3,7 +3,8 @@
 `JobServer` speaks the API `plugins/http_job.py` documents, from a thread (stdlib
 `ThreadingHTTPServer`, one thread per connection), and can be told to be slow, to answer 429 with
 `Retry-After`, to fail creates, to lose jobs and to require a bearer token. It records every call
-(method, path, status, monotonic time) and the most calls it ever served at once.
+(method, path, status, monotonic time), the most calls it ever served at once, and the client
+connections open now.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +71,9 @@ class JobServer:
         self.calls: list[Call] = []
         self.auth_headers: list[str | None] = []
         self.in_flight = 0
+        #: Client connections open now, and ever opened (a keep-alive connection counts once).
+        self.open_connections = 0
+        self.connections_opened = 0
         self.max_in_flight: dict[str, int] = {"GET": 0, "POST": 0, "DELETE": 0}
         self._in_flight_by_method: dict[str, int] = {"GET": 0, "POST": 0, "DELETE": 0}
         self._server: ThreadingHTTPServer | None = None
@@ -180,6 +185,20 @@ def _handler_for(server: JobServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with server.lock:
+                server.open_connections += 1
+                server.connections_opened += 1
+
+        def finish(self) -> None:
+            """Called once the client closed its connection (or it broke)."""
+            try:
+                super().finish()
+            finally:
+                with server.lock:
+                    server.open_connections -= 1
+
         def _serve(self) -> None:
             method = self.command
             started = time.monotonic()
@@ -246,13 +265,18 @@ class FakeClock:
 
 class Harness:
     """A real Reconciler over the test's SQLite store with the plugins of `plugins/` (and any
-    extra directory), the `http-job` kit configuration given, and a fake clock."""
+    extra directory), the `http-job` kit configuration given, and a fake clock. The plugins run
+    their lifecycle as in the daemon (`running_plugins`): started by `build`, closed by `aclose`,
+    which must be awaited in the task that built the harness."""
 
-    def __init__(self, store: Any, reconciler: Any, clock: FakeClock, step: float) -> None:
+    def __init__(
+        self, store: Any, reconciler: Any, clock: FakeClock, step: float, lifecycle: AsyncExitStack
+    ) -> None:
         self.store = store
         self.reconciler = reconciler
         self.clock = clock
         self.step = step
+        self._lifecycle = lifecycle
 
     @classmethod
     async def build(
@@ -267,6 +291,7 @@ class Harness:
     ) -> Harness:
         from executor.core import SetupContext
         from executor.logging import get_logger
+        from executor.plugin.lifecycle import running_plugins
         from executor.plugin.loader import load_directory
         from executor.plugin.registry import PluginRegistry, load_plugins
         from executor.plugin.resources import InProcessResourceManager
@@ -288,16 +313,16 @@ class Harness:
         plugins = await load_plugins(registry, setup)
         clock = FakeClock(time.time())
         reconciler = Reconciler(store, plugins, loaded, resource_manager=resources, clock=clock)
-        return cls(store, reconciler, clock, step)
+        lifecycle = AsyncExitStack()
+        await lifecycle.enter_async_context(running_plugins(plugins.by_id, get_logger()))
+        return cls(store, reconciler, clock, step, lifecycle)
 
     def plugin(self, plugin_id: str = "http-job") -> Any:
         return self.reconciler.plugins.by_id[plugin_id]
 
     async def aclose(self) -> None:
-        for plugin in self.reconciler.plugins.by_id.values():
-            close = getattr(plugin, "aclose", None)
-            if close is not None:
-                await close()
+        """Stop the plugins' background tasks and close the plugins, as the daemon's shutdown does."""
+        await self._lifecycle.aclose()
 
     async def submit(self, task_type: str, inputs: list[dict[str, Any]], **fields: Any) -> list[str]:
         from executor.store import Submission

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup
 
 from executor.app.parts import client_for, collect_registry, open_store
 from executor.client import Client
@@ -57,17 +56,6 @@ class DaemonParts:
     #: None when EXECUTOR_HTTP_ADDR is empty.
     http: HttpServer | None
 
-    async def start_plugins(self, group: TaskGroup) -> None:
-        """Start the loaded plugins' background work in the daemon's task group.
-
-        The place for the plugin lifecycle (issue 11, item 4): called once the loop's parts
-        exist and before the first round; nothing to start yet.
-        """
-
-    async def close_plugins(self) -> None:
-        """Close what the loaded plugins opened; called at shutdown, after the last round and
-        before the store closes (the place for the plugin lifecycle's `aclose`)."""
-
 
 @asynccontextmanager
 async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
@@ -95,8 +83,6 @@ async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
         finally:
             if http is not None:
                 http.close()  # a server that never ran still holds its socket
-            with anyio.CancelScope(shield=True):
-                await parts.close_plugins()
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()

@@ -24,18 +24,21 @@ from executor.core.phase import (
     TaskLog,
 )
 from executor.core.plugin import (
+    BackgroundTasks,
     LoadPlugin,
     Plugin,
     PluginEntry,
     PluginProperties,
     ResourceRegistrar,
     SetupContext,
+    StartContext,
 )
 from executor.core.transition import UNKNOWN_TRANSITION, Transition, TransitionType, do_transition
 
 __all__ = [
     "FINAL_PHASES",
     "UNKNOWN_TRANSITION",
+    "BackgroundTasks",
     "ErrorKind",
     "ExecutionError",
     "InputReader",
@@ -55,6 +58,7 @@ __all__ = [
     "SecretManager",
     "SecretNotFoundError",
     "SetupContext",
+    "StartContext",
     "TaskExecutionContext",
     "TaskExecutionMetadata",
     "TaskInfo",

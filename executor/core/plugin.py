@@ -24,11 +24,36 @@ class PluginProperties:
     generated_name_max_length: int | None = None
 
 
+class BackgroundTasks(Protocol):
+    """Where a plugin starts work that outlives one call: a task group the daemon owns.
+
+    `start_soon(func, *args, name=...)` runs `await func(*args)` until it returns or the daemon
+    shuts down (then it is cancelled, before `Plugin.aclose`). A task that raises stops the
+    daemon, its plugin named in the log: background work a plugin relies on must not die silently.
+    """
+
+    def start_soon(
+        self, func: Callable[..., Awaitable[object]], *args: Any, name: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StartContext:
+    """Handed to `Plugin.start` once, after every plugin loaded and before the first round."""
+
+    tasks: BackgroundTasks
+    logger: Logger
+
+
 class Plugin(abc.ABC):
     """Drives executions of the task types it is registered for.
 
     `handle` is called once a round until it returns a terminal phase. It must not block and must
     be idempotent: after a crash, a round whose commit did not happen runs again.
+
+    The daemon owns the plugin's lifetime: `start` once before the first round, `aclose` once at
+    shutdown, after the loop stopped, the calls under way ended and the background tasks were
+    cancelled. Both run on the daemon's event loop (a blocking plugin's calls do not).
     """
 
     id: str = ""
@@ -43,6 +68,22 @@ class Plugin(abc.ABC):
 
     async def finalize(self, tctx: TaskExecutionContext) -> None:
         """Release what the execution held; runs once the execution's phase is terminal."""
+        return None
+
+    async def start(self, ctx: StartContext) -> None:
+        """Start what lives as long as the plugin (a cache refresher: `ctx.tasks.start_soon`).
+
+        Runs once, before the first round; it should return promptly. Raising stops the daemon
+        at startup, naming the plugin. Default: nothing to start.
+        """
+        return None
+
+    async def aclose(self) -> None:
+        """Close what the plugin opened (clients, connections). Default: nothing to close.
+
+        Called once at shutdown, also when `start` was not (another plugin's failed). An error
+        is logged and the other plugins are closed all the same.
+        """
         return None
 
 

@@ -1,1 +1,2 @@
-"""The runtime side of the plugin contract: registry, loader, state manager, execution context."""
+"""The runtime side of the plugin contract: registry, loader, lifecycle (start, background tasks,
+aclose), state manager, execution context."""

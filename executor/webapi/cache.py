@@ -9,14 +9,13 @@ executions polling one service cost it at most a thousand `get`s per resync inte
 Resources the plugin says are terminal (`AsyncPlugin.is_terminal`) are not fetched again; the
 item leaves the cache when the execution's round reads it, or when it ends.
 
-The refresher starts lazily, from the first `handle` that puts a resource in the cache, inside
-the running event loop; it waits (without polling) while the cache is empty, and stops with the
-loop or with `aclose`.
+The refresher is `run`: the plugin starts it in the daemon's task group when the daemon starts
+the plugin (`WebApiPlugin.start`), and it ends when the daemon cancels that group at shutdown.
+It waits (without polling) while the cache is empty.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,7 +65,8 @@ class StatusCache:
         self._log = logger
         self._clock = clock
         self._items: dict[str, CacheItem] = {}
-        self._task: asyncio.Task[None] | None = None
+        #: True while `run` runs: `handle` tells "not fetched yet" from "nobody will fetch it".
+        self.running = False
         self._not_empty: anyio.Event | None = None
         self._pass_done: anyio.Event | None = None
         #: Refresh passes completed, and `get` calls made, since the cache was built.
@@ -87,7 +87,6 @@ class StatusCache:
             if self._not_empty is not None:
                 self._not_empty.set()
         item.last_accessed = now
-        self.ensure_running()
         return item
 
     def discard(self, key: str | None) -> None:
@@ -102,23 +101,6 @@ class StatusCache:
 
     # -- the refresher ----------------------------------------------------------------------------
 
-    def ensure_running(self) -> None:
-        """Start the refresher in the running event loop, unless it runs there already."""
-        loop = asyncio.get_running_loop()
-        task = self._task
-        if task is not None and not task.done() and task.get_loop() is loop:
-            return
-        self._not_empty = None
-        self._pass_done = None
-        self._task = loop.create_task(self._run(), name="webapi-status-cache")
-
-    async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(task, return_exceptions=True)
-
     async def wait_for_pass(self, after: int) -> int:
         """Wait until more than `after` refresh passes have completed; returns the count."""
         while self.passes <= after:
@@ -127,7 +109,17 @@ class StatusCache:
             await self._pass_done.wait()
         return self.passes
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Refresh every resource once per resync interval, until cancelled. One runner at a time."""
+        if self.running:
+            raise RuntimeError("the status cache's refresher is running already")
+        self.running = True
+        try:
+            await self._refresh_forever()
+        finally:
+            self.running = False
+
+    async def _refresh_forever(self) -> None:
         interval = self._config.resync_interval
         while True:
             if not self._items:

@@ -15,6 +15,11 @@ Cleaning up: `abort` deletes a created resource; `finalize` deletes one that did
 its own (whatever ended the attempt: a timeout, a deadline, a retry, a failure with
 `cleanup_on_failure`, a fault of the plugin) and then releases the quota token. A resource is
 deleted at most once per process, so abort followed by finalize makes one call.
+
+Lifetime: the daemon calls `start`, which starts the status cache's refresher in the daemon's
+task group, and `aclose` at shutdown, which closes the `AsyncPlugin`'s clients. The resource meta
+is read back from plugin state into the type `AsyncPlugin[Meta, Resource]` names
+(`executor.webapi.typeparams`), so a restarted daemon hands the plugin a `Meta`, not a dict.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from executor.core import (
     PhaseInfo,
     Plugin,
     PluginProperties,
+    StartContext,
     TaskExecutionContext,
     Transition,
     do_transition,
@@ -43,6 +49,7 @@ from executor.webapi.config import WebApiConfig
 from executor.webapi.errors import RateLimitedError, RemoteError, ResourceNotFoundError, describe
 from executor.webapi.plugin import AsyncPlugin
 from executor.webapi.ratelimit import RateLimits
+from executor.webapi.typeparams import infer_plugin_types
 
 #: Resources remembered as deleted, so that abort then finalize calls `delete` once.
 _DELETED_MEMORY = 10_000
@@ -86,6 +93,9 @@ class WebApiPlugin(Plugin):
     ) -> None:
         self.id = plugin_id
         self.plugin = plugin
+        types = infer_plugin_types(type(plugin))  # refuses a plugin whose meta type is unknown
+        self.resource_meta_type: Any = types.resource_meta
+        self.resource_type: Any = types.resource
         self.config = config if config is not None else plugin.config
         self._log = logger
         self.limits = limits or RateLimits(
@@ -97,7 +107,7 @@ class WebApiPlugin(Plugin):
         self.cache = StatusCache(
             plugin.get, self.limits, self.config, is_terminal=plugin.is_terminal, logger=logger
         )
-        self._meta = TypeAdapter[Any](plugin.resource_meta_type)
+        self._meta = TypeAdapter[Any](self.resource_meta_type)
         self._deleted: OrderedDict[str, None] = OrderedDict()
 
     # -- the core contract ---------------------------------------------------------------------
@@ -136,9 +146,12 @@ class WebApiPlugin(Plugin):
         if state.quota_namespace is not None and state.name is not None:
             await tctx.resource_manager.release(state.quota_namespace, state.name)
 
+    async def start(self, ctx: StartContext) -> None:
+        """The shared status cache refreshes in the daemon's task group from now on."""
+        ctx.tasks.start_soon(self.cache.run, name="status cache")
+
     async def aclose(self) -> None:
-        """Stop the cache refresher and close the plugin's clients."""
-        await self.cache.aclose()
+        """Close the plugin's clients; the daemon has cancelled the refresher by now."""
         await self.plugin.aclose()
 
     # -- the stages ----------------------------------------------------------------------------
@@ -254,6 +267,10 @@ class WebApiPlugin(Plugin):
             # The stage stays resource_created: finalize deletes whatever is left remotely.
             return do_transition(PhaseInfo.retryable_failure("RemoteStatusFailed", message))
         if not item.synced:
+            if not self.cache.running:  # never fetched by anyone: fail loudly, not wait forever
+                raise RuntimeError(
+                    f"{self.id}: the status cache is not running (Plugin.start was not called)"
+                )
             # Nothing fetched yet: keep the phase, look again once the cache may know more.
             return do_transition(PhaseInfo(Phase.UNDEFINED), requeue_after=self.config.resync_interval)
         return await self._report(tctx, state, meta, item.resource, changed=False)

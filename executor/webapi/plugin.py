@@ -16,7 +16,8 @@ from executor.core import PhaseInfo, SecretManager, TaskExecutionContext
 from executor.webapi.config import WebApiConfig
 
 #: What identifies a remote resource (a job id, a URL); persisted as plugin state, so it must
-#: be JSON-serialisable (a dict, a str, a pydantic model named in `resource_meta_type`).
+#: be JSON-serialisable (a pydantic model, a dataclass, a TypedDict, a dict, a str). The kit reads
+#: the type from `AsyncPlugin[Meta, Resource]` and validates the stored JSON back into it.
 MetaT = TypeVar("MetaT")
 #: What `get` returns about the resource; held in memory by the cache only.
 ResourceT = TypeVar("ResourceT")
@@ -45,8 +46,9 @@ class AsyncPlugin(abc.ABC, Generic[MetaT, ResourceT]):
 
     #: Defaults for this plugin; the daemon's plugin configuration overrides them.
     config: WebApiConfig = WebApiConfig()
-    #: The type the resource meta is read back into from plugin state (Any: plain JSON).
-    resource_meta_type: ClassVar[Any] = Any
+    #: The type the resource meta is read back into from plugin state. Optional: by default the
+    #: kit takes it from the class's parameters, `AsyncPlugin[Meta, Resource]`; set here, it wins.
+    resource_meta_type: ClassVar[Any]
 
     #: The daemon's secret manager, bound by the kit before the first remote call.
     secrets: SecretManager | None = None
@@ -82,5 +84,5 @@ class AsyncPlugin(abc.ABC, Generic[MetaT, ResourceT]):
         """The phase `resource` means. No remote I/O; may write outputs on success."""
 
     async def aclose(self) -> None:
-        """Release clients (an httpx client); called when the kit shuts down."""
+        """Release clients (an httpx client); the daemon calls it once, at shutdown."""
         return None
