@@ -21,9 +21,9 @@ if str(ROOT) not in sys.path:  # `pytest` run as a script does not put the check
     sys.path.insert(0, str(ROOT))
 
 from bench import peers, raw  # noqa: E402
+from bench.catalog import SCENARIOS  # noqa: E402
 from bench.cli import run  # noqa: E402
 from bench.harness import SMOKE, Report  # noqa: E402
-from bench.catalog import SCENARIOS  # noqa: E402
 from executor.core import Phase  # noqa: E402
 
 POSTGRES_URL = os.environ.get("EXECUTOR_TEST_POSTGRES_URL")
