@@ -51,13 +51,21 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # Benchmarks print figures; they are not tests. `make bench` installs the bench-only extra (the
-# peers, a profiler), runs every scenario at full size (about 20 minutes on 2 cores) and rewrites
-# BENCHMARKS.md; `make bench-smoke` runs each scenario once at a tiny size and writes nothing.
+# Python peers, a profiler) and the Node.js peers (`npm ci` in bench/node, when npm is here), runs
+# every scenario at full size (about 30 minutes on 2 cores) and rewrites BENCHMARKS.md;
+# `make bench-smoke` runs each scenario once at a tiny size and writes nothing.
 # PostgreSQL: postgres@127.0.0.1:5432/test when it answers, or BENCH_ARGS='--postgres-url URL'.
+NODE_PEERS := bench/node/node_modules/.installed
 .PHONY: bench bench-smoke
-bench: setup
+bench: setup $(NODE_PEERS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,bench]'
 	$(BIN)/python -m bench --output BENCHMARKS.md $(BENCH_ARGS)
+
+# Without npm the Node.js peers are skipped, and the report says so.
+$(NODE_PEERS): bench/node/package.json bench/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd bench/node && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "make: no npm here: scenario 7 runs without Graphile Worker and pg-boss"; fi
 
 bench-smoke: setup
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

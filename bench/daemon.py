@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cpu import CpuUse, CpuWindow
 from executor.core import Phase
 from executor.daemon import setup_plugins, tune_gc
 from executor.logging import configure_logging
@@ -59,13 +60,16 @@ class DaemonRun:
     rounds: int
     #: Durations of the rounds that claimed a full batch (the tail round is smaller).
     full_round_seconds: list[float] = field(default_factory=list)
+    #: CPU over the clock (this process and the database's backends), when asked for.
+    cpu: CpuUse | None = None
 
 
 class _Counter(NullObserver):
     """Observes the loop: times each round and stops the loop once every execution is finalized."""
 
-    def __init__(self, expected: int, batch_size: int) -> None:
+    def __init__(self, expected: int, batch_size: int, cpu: CpuWindow | None = None) -> None:
         self.expected = expected
+        self.cpu = cpu
         self.batch_size = batch_size
         self.finalized = 0
         self.rounds = 0
@@ -77,6 +81,8 @@ class _Counter(NullObserver):
         if stats.claimed:
             self.rounds += 1
             self.last_round_end = time.perf_counter()
+            if self.cpu is not None:
+                self.cpu.mark()
             if stats.claimed >= self.batch_size:
                 self.full_round_seconds.append(seconds)
         self.finalized += stats.finalized
@@ -88,8 +94,14 @@ class _Counter(NullObserver):
             self.reconciler.stop()
 
 
-async def drive(url: str, expected: int, plugins_dir: Path, batch_size: int) -> DaemonRun:
-    """Run the daemon's loop until `expected` executions are finalized; time first claim to last commit."""
+async def drive(
+    url: str, expected: int, plugins_dir: Path, batch_size: int, *, cpu_of: str | None = None
+) -> DaemonRun:
+    """Run the daemon's loop until `expected` executions are finalized; time first claim to last commit.
+
+    With `cpu_of` (a PostgreSQL database's name), also the CPU this process and that database's
+    backends used over the same interval (`bench/cpu.py`).
+    """
     settings = daemon_settings(url, plugins_dir, batch_size)
     configure_logging(settings.log_level, settings.log_format)
     resources = InProcessResourceManager(settings.resource_quotas)
@@ -97,19 +109,23 @@ async def drive(url: str, expected: int, plugins_dir: Path, batch_size: int) -> 
     store = Store.from_url(settings.database_url)
     try:
         await store.ping()  # open the connection before the clock starts, as the baselines do
-        counter = _Counter(expected, settings.batch_size)
+        window = CpuWindow(cpu_of) if cpu_of is not None else None
+        counter = _Counter(expected, settings.batch_size, window)
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=counter)
         counter.reconciler = reconciler
         tune_gc()  # as `executor run` does once started
+        if window is not None:
+            window.start()
         started = time.perf_counter()
         await reconciler.run()
         seconds = counter.last_round_end - started
+        used = window.finish() if window is not None else None
         done = (await store.count_by_phase()).get(Phase.SUCCESS, 0)
     finally:
         await store.close()
     if done < expected:
         raise RuntimeError(f"the daemon finished {done} of {expected} executions")
-    return DaemonRun(expected, seconds, counter.rounds, counter.full_round_seconds)
+    return DaemonRun(expected, seconds, counter.rounds, counter.full_round_seconds, used)
 
 
 class DaemonProcess:

@@ -101,6 +101,10 @@ class PostgresBackend:
     def _name(self, name: str) -> str:
         return f"{self.prefix}_{name}"
 
+    def database(self, name: str) -> str:
+        """The server's name for the benchmark database `name`."""
+        return self._name(name)
+
     def url(self, name: str) -> str:
         return self.admin_url.set(database=self._name(name)).render_as_string(hide_password=False)
 

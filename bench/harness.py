@@ -31,6 +31,9 @@ class Sizes:
     #: procrastinate runs a few hundred jobs/s here (its rate does not depend on the count, it has no
     #: batching): its count is capped so that a full run stays under 20 minutes.
     procrastinate_jobs: int = 5_000
+    #: pg-boss at its defaults fetches one job per 2 s polling interval (0.5 jobs/s whatever the count):
+    #: 50,000 jobs would take a day, so its default runs this many.
+    pgboss_default_jobs: int = 10
     #: Poll interval, in ms, of the step that waits for the daemon to finish a latency sample.
     poll_ms: float = 2.0
     #: EXECUTOR_POLL_INTERVAL for the daemon processes; empty keeps the daemon's default. Only
@@ -64,6 +67,7 @@ SMOKE = Sizes(
     daemon_poll_interval="50ms",
     peer_jobs=30,
     procrastinate_jobs=20,
+    pgboss_default_jobs=2,
     stragglers=200,
     straggler_seconds=0.05,
     pickup_seconds=1.0,
@@ -205,6 +209,8 @@ def fmt(value: float, unit: str = "") -> str:
     if math.isnan(value):
         return "n/a"
     if unit in ("ratio", "x"):
+        if 0 < abs(value) < 0.001:
+            return f"{value:.1e}"  # pg-boss at its defaults against the daemon: not 0.000
         return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"

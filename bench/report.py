@@ -70,6 +70,11 @@ def package_versions() -> dict[str, str]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "not installed"
+    from bench import peers
+
+    for name in peers.NODE_PEERS:
+        found[name] = peers.version(name)
+    found["Node.js"] = peers.node_version() or "not found"
     return found
 
 
@@ -253,11 +258,55 @@ METHOD = (
     "it is done, then pauses 30-120 ms. Latency is the time `handle` recorded minus the execution's "
     "`created_at`. p50 and p99 are per run; the table shows their medians over the runs.",
     "Peers: each on a database of its own on the same server, jobs enqueued in bulk before the "
-    "clock starts, one worker process draining the queue. pgqueuer's clock starts at its first "
-    "job (its set-up is not counted), procrastinate's when its worker starts. pgqueuer runs as "
-    "many jobs as the daemon runs executions in scenario 1; procrastinate runs `procrastinate_jobs` "
-    "(its rate, a few hundred jobs/s with no batching, does not depend on the count, and 50,000 "
-    "jobs x 3 runs x 2 settings would take a quarter of an hour alone).",
+    "clock starts (their counts checked in SQL), one worker process draining the queue, checked "
+    "drained in SQL afterwards (a run that leaves a job behind fails). pgqueuer and procrastinate "
+    "run in the benchmark's process; Graphile Worker and pg-boss (npm, pinned in "
+    "`bench/node/package.json`, the newest releases that support the machine's Node.js 20; `make "
+    "bench` runs `npm ci` there) run as a Node.js child process per run (`bench/node/run.js`). The clock "
+    "starts at the first job run (procrastinate: when its worker starts; set-up is not counted) and "
+    "stops when the last completion is written: when the worker returns (pgqueuer, procrastinate), or "
+    "when the rows the peer's completion statements deleted or updated, watched as they return, add "
+    "up to every job (the Node.js peers). pgqueuer, Graphile Worker and pg-boss's tuned setting run "
+    "as many jobs as the daemon runs executions in scenario 1; procrastinate runs "
+    "`procrastinate_jobs` (a few hundred jobs/s with no batching: 50,000 jobs x 3 runs x 2 settings "
+    "would take a quarter of an hour alone), and pg-boss at its defaults `pgboss_default_jobs` (one "
+    "job per 2 s poll: 0.5 jobs/s at any count, a little above it with so few since its first fetch "
+    "does not wait).",
+    "Peers' settings. Defaults are each one's documented defaults. Best: pgqueuer at the daemon's "
+    "batch (256 jobs per dequeue); procrastinate at concurrency 10; Graphile Worker as its "
+    "performance page configures it (24 concurrent jobs, a pool of 25, `localQueue.size` 500, "
+    "`completeJobBatchDelay` and `failJobBatchDelay` 0), and at 24 concurrent jobs without the local "
+    "queue and batching, to separate the two; pg-boss 10, which has no team size any more (each "
+    "`work()` call is one polling loop fetching `batchSize` jobs at most once per "
+    "`pollingIntervalSeconds`, 0.5 s at the least), with 8 loops of the daemon's batch, 256, polling "
+    "every 0.5 s: the fastest of 4, 8, 16 and 32 loops here (more loops contend for the same rows "
+    "and slow down; a bigger batch buys any figure, since a loop's rate is its batch per interval).",
+    "What each promises per job. The daemon: a round's outcomes commit in one transaction, so an "
+    "acknowledgement is durable per round (up to 256 executions), never before its commit; a crash "
+    "before the commit runs the round again once its leases expire (`EXECUTOR_LEASE_TTL`, 120 s). "
+    "pgqueuer: completions are buffered and written in batches after the jobs ran (at the batch size "
+    "or every 0.1 s); a crash loses the unwritten acknowledgements and the jobs are picked again once "
+    "their heartbeat is stale (30 s by default). "
+    "procrastinate: one transaction per job to fetch it and one to finish it; nothing is lost, a "
+    "crash leaves its running jobs stalled until they are retried. Graphile Worker at its defaults: "
+    "one statement per job fetches and locks it and one deletes it when done, a durable "
+    "acknowledgement per job; with the local queue it locks up to 500 jobs ahead, and with batched "
+    "completions it deletes them in batches after they ran; a crash (not a graceful shutdown, which "
+    "hands back the local queue and flushes the batch) leaves those jobs locked until their lock "
+    "expires after 4 hours, then runs them again. pg-boss: one statement per fetch marks `batchSize` "
+    "jobs active and one per fetch marks them completed after the handler returned (it does not wait "
+    "for that write before fetching again); a crash leaves the fetched jobs active until they expire "
+    "(15 minutes by default) and are retried (2 retries by default).",
+    "CPU per job: for every subject of scenario 7 and the daemon of scenarios 1 and 2 on PostgreSQL, "
+    "the user and system time (`/proc/<pid>/stat`) of the worker process (the benchmark's own "
+    "process for the daemon and the Python peers, the Node.js process for the others; all threads) "
+    "plus that of the PostgreSQL backends connected to the run's database (found by their process "
+    "titles; backends that connect mid-run are counted whole), between the two ends of the clock "
+    "(`bench/cpu.py`, and `bench/node/run.js` for the Node.js peers). The server's shared processes "
+    "(WAL writer, checkpointer, autovacuum) are counted for nobody. Per core used is jobs divided by "
+    "those CPU seconds: throughput a machine of any size gets per core it spends, the figure to "
+    "compare with other machines; cores used is those seconds over the clock's. Without the server's "
+    "processes in /proc (a remote server), these figures are not reported.",
     "This machine is shared with other work (see the load averages): figures from a quiet machine "
     "will be higher, ratios should hold.",
     "Where the daemon's time goes: `python -m bench.profile [--store postgresql] [--workload three]` "

@@ -3,8 +3,9 @@
 Benchmarks are not tests: no figure is checked here, only that each scenario still runs end to end
 (the daemon, the raw-SQL loops, the daemon as a process, the report) and reports something. The
 PostgreSQL half of each scenario runs when EXECUTOR_TEST_POSTGRES_URL is set, as for the store
-tests. The peers (pgqueuer, procrastinate) are bench-only extras: their scenario is skipped, and
-only it, where they are not installed.
+tests. The peers are bench-only (pgqueuer and procrastinate an extra, Graphile Worker and pg-boss
+npm packages in bench/node): their scenario is skipped, and only it, where the Python ones are not
+installed, and runs without the Node.js ones where those are not.
 """
 
 from __future__ import annotations
@@ -54,14 +55,25 @@ def test_scenario_runs(scenario: str, tmp_path: Path) -> None:
 
 
 def test_peer_scenario_runs(tmp_path: Path) -> None:
-    missing = [reason for peer in (peers.PGQUEUER, peers.PROCRASTINATE) if (reason := peers.available(peer))]
+    missing = [reason for peer in peers.PYTHON_PEERS if (reason := peers.available(peer))]
     if missing:
         pytest.skip("; ".join(missing))
     if not POSTGRES_URL:
         pytest.skip("the peers run on PostgreSQL: EXECUTOR_TEST_POSTGRES_URL is not set")
     report = _run("peers", tmp_path)
+    measured = {measurement.subject.split()[0] for measurement in report.measurements}
     assert any(measurement.metric == "jobs/s" for measurement in report.measurements)
-    assert not report.skipped
+    # The Node.js peers (`make bench` installs them) run where Node.js and bench/node/node_modules
+    # are; elsewhere the report says why not, and nothing else is skipped.
+    for peer, name in ((peers.GRAPHILE_WORKER, "Graphile"), (peers.PG_BOSS, "pg-boss")):
+        reason = peers.available(peer)
+        assert (name in measured) == (reason is None), reason
+    assert len(report.skipped) == sum(peers.available(peer) is not None for peer in peers.NODE_PEERS)
+    labels = [target.label for target in report.targets]
+    assert any(">= 2x pgqueuer at its best" in label for label in labels)
+    for peer in peers.NODE_PEERS:
+        if peers.available(peer) is None:
+            assert any(f"ahead of {peer} at its defaults" in label for label in labels)
 
 
 def test_raw_loops_store_the_daemons_phase_values() -> None:
