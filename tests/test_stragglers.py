@@ -24,7 +24,7 @@ from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.reconciler import Reconciler
+from executor.runtime import Reconciler
 from executor.settings import load_settings
 from executor.store import Store, Submission
 
@@ -132,7 +132,7 @@ async def test_a_slow_handle_does_not_hold_the_executions_beside_it(
         await poll("the slow execution to finish", lambda: finalized(store, [slow]))
 
     assert await phases(store, [slow]) == [Phase.SUCCESS]
-    assert gate.calls() == ["handle", "handle-done"]  # called once, never again meanwhile
+    assert gate.calls() == ["handle", "handle-done", "finalize"]  # called once, never again meanwhile
     assert await event_phases(store, slow) == await event_phases(store, fast[0])
 
 
@@ -200,7 +200,7 @@ async def test_a_call_outlives_several_lease_ttls_without_another_replica_taking
             gate.open()
             await poll("the slow execution to finish", lambda: finalized(store, [slow]))
 
-    assert gate.calls() == ["handle", "handle-done"]
+    assert gate.calls() == ["handle", "handle-done", "finalize"]
     assert await phases(store, [slow]) == [Phase.SUCCESS]
 
 
@@ -245,7 +245,7 @@ async def test_a_graceful_stop_waits_for_calls_in_flight_within_the_grace(
         gate.open()  # within the grace: the loop is still waiting for it
 
     assert await phases(store, [slow]) == [Phase.SUCCESS]
-    assert gate.calls() == ["handle", "handle-done"]
+    assert gate.calls() == ["handle", "handle-done", "finalize"]
 
 
 async def _true(value: bool) -> bool:

@@ -118,7 +118,7 @@ def test_sigterm_lets_a_call_in_flight_finish_within_the_grace(
 
     record, _ = read_store(database_url, slow)
     assert (record.phase, record.finalized) == (Phase.SUCCESS, True)
-    assert gate.calls() == ["handle", "handle-done"]
+    assert gate.calls() == ["handle", "handle-done", "finalize"]
 
 
 def test_sigterm_cancels_a_call_past_the_grace_and_hands_its_lease_back(

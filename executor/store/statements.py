@@ -107,6 +107,8 @@ class Statements:
     release_allocations: str = field(init=False)
     #: Give leases up without writing a round: ids, token.
     release_leases: str = field(init=False)
+    #: Extend leases still held, returning which: ids, tokens (a list), seconds to live.
+    renew_leases: str = field(init=False)
     #: One event, its columns in `EVENT_COLUMNS`' order.
     insert_event: str = field(init=False)
     #: PostgreSQL: a round's events in one INSERT, each parameter an array of one column.
@@ -115,10 +117,11 @@ class Statements:
     def __post_init__(self) -> None:
         d = self.dialect
         claimable = d.claimable
-        first, second = self._marks(1, 2)
+        first, second, third = self._marks(1, 3)
         # A list of ids is one parameter: an array for asyncpg, a JSON array SQLite's json_each reads.
         # One statement text whatever the round's size, unlike an IN list of one parameter per id.
         ids_in = f"= ANY({first})" if d.numbered else f"IN (SELECT value FROM json_each({first}))"
+        tokens_in = f"= ANY({second})" if d.numbered else f"IN (SELECT value FROM json_each({second}))"
         event_marks = ", ".join(self._marks(1, len(EVENT_COLUMNS)))
         values = {
             "now": text(f"SELECT {d.now_sql}"),
@@ -160,6 +163,10 @@ class Statements:
             "release_leases": (
                 "UPDATE executions SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
                 f"WHERE id {ids_in} AND lease_token = {second}"
+            ),
+            "renew_leases": (
+                f"UPDATE executions SET lease_expires_at = {d.now_sql} + CAST({third} AS DOUBLE PRECISION) "
+                f"WHERE id {ids_in} AND lease_token {tokens_in} RETURNING id"
             ),
             "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({event_marks})",
             "insert_events_unnest": (
