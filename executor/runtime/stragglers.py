@@ -54,8 +54,8 @@ class Stragglers:
         self._pending: dict[str, Straggler] = {}
         self._finished: list[Straggler] = []
         self._carriers = _Carriers()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: Set whenever a call finishes: `settled` waits for it.
+        self._changed = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -81,20 +81,24 @@ class Stragglers:
             straggler = Straggler(call, record, token, kind, number, carrier if call.task is None else None)
             self._pending[record.id] = straggler
             call.sink = functools.partial(self._finished_one, record.id)
-            self._idle.clear()
 
     def _finished_one(self, execution_id: str, call: Call) -> None:
         straggler = self._pending.pop(execution_id, None)
         if straggler is None:
             return
         self._finished.append(straggler)
+        self._changed.set()
         self._wake()
+
+    async def settled(self) -> None:
+        """Return once a call has finished since the last take (at once if one has)."""
+        if not self._finished:
+            self._changed.clear()
+            await self._changed.wait()
 
     def take_finished(self) -> list[Straggler]:
         """The calls finished since the last take, for the commit about to run."""
         finished, self._finished = self._finished, []
-        if not self._pending:
-            self._idle.set()
         return finished
 
     def drop(self, ids: Collection[str]) -> list[Straggler]:
@@ -110,8 +114,6 @@ class Stragglers:
             if runner is not None:
                 runner.cancel()
         self._finished = [s for s in self._finished if s.record.id not in ids]
-        if not self._pending:
-            self._idle.set()
         return dropped
 
     async def cancel_all(self) -> None:
@@ -123,7 +125,6 @@ class Stragglers:
                 tasks.add(straggler.call.task)
         self._pending.clear()
         self._finished.clear()
-        self._idle.set()
         if tasks:
             await cancel_and_wait(tasks)
 
