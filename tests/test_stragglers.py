@@ -250,3 +250,23 @@ async def test_a_graceful_stop_waits_for_calls_in_flight_within_the_grace(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_renewing_leases_extends_only_those_still_held_in_one_statement(store: Store) -> None:
+    now = time.time()
+    ids = await submit(store, *[("echo", {"i": i}) for i in range(3)])
+    claimed = await store.claim(owner="a", token="mine", limit=3, lease_ttl=1, now=now + 1)
+    assert sorted(r.id for r in claimed) == sorted(ids)
+    async with store.engine.begin() as conn:  # another replica took the third meanwhile
+        await conn.execute(text("UPDATE executions SET lease_token = 'theirs' WHERE id = :id"), {"id": ids[2]})
+
+    renewed = await store.renew_leases({"mine": ids, "gone": ["no-such-id"]}, lease_ttl=60)
+
+    assert renewed == set(ids[:2])
+    db_now = await store.database_now()
+    for execution_id in ids[:2]:
+        record = await store.get(execution_id)
+        assert record is not None and record.lease_expires_at is not None
+        assert record.lease_expires_at > db_now + 50
+    other = await store.get(ids[2])
+    assert other is not None and other.lease_expires_at is not None and other.lease_expires_at < db_now + 5

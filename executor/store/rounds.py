@@ -206,7 +206,7 @@ class RoundQueries(StoreBase):
         with guarded:
             async with self._writer.begin() as conn:
                 result = await conn.exec_driver_sql(
-                    sql.renew_leases, (sql.id_list(ids), sql.id_list(list(leases)), lease_ttl)
+                    sql.renew_leases, (lease_ttl, sql.id_list(ids), sql.id_list(list(leases)))
                 )
                 return {row[0] for row in result}
 
