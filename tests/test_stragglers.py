@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from executor.core import Phase, SetupContext
+from executor.http.metrics import Metrics
 from executor.logging import get_logger
 from executor.plugin.loader import load_directory
 from executor.plugin.registry import PluginRegistry, load_plugins
@@ -128,8 +129,13 @@ async def test_a_slow_handle_does_not_hold_the_executions_beside_it(
         assert record is not None and not record.phase.is_terminal, "the slow call returned early"
         assert gate.calls() == ["handle"]
         assert reconciler.in_flight >= 1
+        metrics = Metrics()
+        metrics.watch_calls(reconciler.calls_in_flight)
+        scraped = (await metrics.render(store))[0].decode()
+        assert f'executor_calls_in_flight{{plugin="{task_type}"}} 1.0' in scraped
         gate.open()
         await poll("the slow execution to finish", lambda: finalized(store, [slow]))
+        assert "executor_calls_in_flight{" not in (await metrics.render(store))[0].decode()
 
     assert await phases(store, [slow]) == [Phase.SUCCESS]
     assert gate.calls() == ["handle", "handle-done", "finalize"]  # called once, never again meanwhile
@@ -258,7 +264,8 @@ async def test_renewing_leases_extends_only_those_still_held_in_one_statement(st
     claimed = await store.claim(owner="a", token="mine", limit=3, lease_ttl=1, now=now + 1)
     assert sorted(r.id for r in claimed) == sorted(ids)
     async with store.engine.begin() as conn:  # another replica took the third meanwhile
-        await conn.execute(text("UPDATE executions SET lease_token = 'theirs' WHERE id = :id"), {"id": ids[2]})
+        steal = text("UPDATE executions SET lease_token = 'theirs' WHERE id = :id")
+        await conn.execute(steal, {"id": ids[2]})
 
     renewed = await store.renew_leases({"mine": ids, "gone": ["no-such-id"]}, lease_ttl=60)
 
