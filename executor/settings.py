@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     round_budget: Duration = timedelta(milliseconds=5)
     #: Worker threads for the calls of `blocking=True` plugins, all plugins together.
     blocking_threads: int = Field(40, ge=1)
+    #: Worker processes for the calls of `cpu_bound=True` plugins, all plugins together; started
+    #: when first needed.
+    process_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     #: Longest sleep between rounds when nothing wakes the loop earlier.
     poll_interval: Duration = timedelta(seconds=1)
     #: Next round for a plugin that does not say when it wants one.

@@ -22,7 +22,8 @@ from executor.core import Plugin, PluginStateError
 from executor.plugin.task_exec_context import TaskExecContext
 from executor.redaction import REDACTOR
 from executor.runtime.observer import RoundObserver
-from executor.runtime.outcome import OUTCOME_LABELS, handled
+from executor.runtime.outcome import OUTCOME_LABELS, clean_up_raised, handle_raised, handled
+from executor.runtime.processes import HandledInWorker, ProcessPool, WorkerCleanUpError
 from executor.runtime.tasks import cancel_and_wait
 
 #: A plugin call that holds the event loop longer than this in one step is reported by name.
@@ -70,6 +71,7 @@ class Invoker:
         handle_timeout: float,
         max_parallelism: int,
         observer: RoundObserver,
+        processes: ProcessPool,
         blocking_threads: int = 40,
     ) -> None:
         self._handle_timeout = handle_timeout
@@ -77,6 +79,8 @@ class Invoker:
         self.observer = observer
         #: The worker threads of `blocking=True` plugins: bounded, and never holding a round.
         self._threads = anyio.CapacityLimiter(blocking_threads)
+        #: The worker processes of `cpu_bound=True` plugins (the loop's: it ends them).
+        self._processes = processes
 
     async def handle(self, calls: list[Call], budget: float) -> asyncio.Task[None] | None:
         """Start every call's `handle` and wait for them up to `budget` seconds.
@@ -206,12 +210,13 @@ class Invoker:
             done, returned = self.start(plugin, plugin.handle, tctx)
             if not done:
                 returned = await returned
+        except HandledInWorker as decided:
+            outcome: lifecycle.Outcome = decided.outcome  # ran in a worker process, checked there
         except PluginStateError as err:
-            outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
+            outcome = handle_raised(err)
         except Exception as err:
-            # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
             tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
-            outcome = lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+            outcome = handle_raised(err)
         else:
             outcome = handled(returned, tctx)
         seconds = time.perf_counter() - started
@@ -237,8 +242,10 @@ class Invoker:
         except Exception as err:
             if isinstance(err, TimeoutError) and deadline.cancel_called:
                 error = f"{name} did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)"
+            elif isinstance(err, WorkerCleanUpError):
+                error = str(err)
             else:
-                error = f"{name} raised {type(err).__name__}: {err}"
+                error = clean_up_raised(name, err)
             tctx.logger.warning(f"{name}.failed", error=error)
             return str(REDACTOR.text(error))
         return None
@@ -249,12 +256,17 @@ class Invoker:
         """Start a plugin call: (True, what it returned) when it ended in its first step, as most
         do, else (False, an awaitable of what it will return).
 
-        A plugin that declares itself blocking runs on a worker thread with an event loop of its
-        own. Any other runs its first step here, at once: a call that needs no second step needs
-        no coroutine of the loop's either. Each step is timed, so that a plugin which blocks the
-        loop anyway is named in a warning instead of silently slowing every execution.
+        A `cpu_bound` plugin's call runs in a worker process (see `ProcessPool.call`, which raises
+        what a `handle` came to), a blocking plugin's on a worker thread with an event loop of its
+        own: either is then awaited, so a long one outlives its round like any slow call. Any
+        other runs its first step here, at once: a call that needs no second step needs no
+        coroutine of the loop's either. Each step is timed, so that a plugin which blocks the loop
+        anyway is named in a warning instead of silently slowing every execution.
         """
-        if plugin.properties.blocking:
+        properties = plugin.properties
+        if properties.cpu_bound:
+            return False, self._processes.call(plugin, method.__name__, tctx)
+        if properties.blocking:
 
             def in_thread() -> Any:
                 return asyncio.run(method(tctx))  # type: ignore[arg-type]

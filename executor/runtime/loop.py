@@ -19,6 +19,7 @@ from executor.plugin.resources import InProcessResourceManager
 from executor.runtime.committer import CommitPipeline
 from executor.runtime.leases import InFlight
 from executor.runtime.observer import NullObserver, RoundObserver, RoundStats
+from executor.runtime.processes import ProcessPool
 from executor.runtime.round import HandledRound, RoundRunner
 from executor.runtime.stragglers import Stragglers
 from executor.settings import Settings
@@ -69,6 +70,8 @@ class Reconciler:
         self._observer: RoundObserver = observer or NullObserver()
         self._leases = InFlight(store, release_timeout=settings.handle_timeout.total_seconds(), log=self._log)
         self._stragglers = Stragglers(self.wakeup.set)
+        #: The worker processes of `cpu_bound` plugins: none until a call needs one; ended by `run`.
+        self._processes = ProcessPool(settings)
         self._rounds = RoundRunner(
             store,
             plugins,
@@ -76,6 +79,7 @@ class Reconciler:
             resources=resource_manager or InProcessResourceManager(settings.resource_quotas),
             leases=self._leases,
             stragglers=self._stragglers,
+            processes=self._processes,
             clock=clock,
             observer=self._observer,
             log=self._log,
@@ -111,20 +115,24 @@ class Reconciler:
         """Round after round until `stop`; on PostgreSQL a full round commits while the next one
         claims (see `CommitPipeline`). Calls that outlive their round go on meanwhile (their leases
         renewed), and each commit of the loop's takes the outcomes they came to. After `stop`, the
-        loop waits for those calls, for as long as the daemon's grace lets it."""
-        async with anyio.create_task_group() as background:
-            background.start_soon(self._renew_leases)
-            try:
-                await self._rounds_until_stopped()
-                await self._drain()
-            except BaseException:
-                # Cancelled (the shutdown grace ran out): the calls still running go too; their
-                # leases are handed back by `release_in_flight`.
-                with anyio.CancelScope(shield=True):
-                    await self._stragglers.cancel_all()
-                raise
-            finally:
-                background.cancel_scope.cancel()
+        loop waits for those calls, for as long as the daemon's grace lets it. The worker
+        processes of `cpu_bound` plugins end with the loop."""
+        try:
+            async with anyio.create_task_group() as background:
+                background.start_soon(self._renew_leases)
+                try:
+                    await self._rounds_until_stopped()
+                    await self._drain()
+                except BaseException:
+                    # Cancelled (the shutdown grace ran out): the calls still running go too; their
+                    # leases are handed back by `release_in_flight`.
+                    with anyio.CancelScope(shield=True):
+                        await self._stragglers.cancel_all()
+                    raise
+                finally:
+                    background.cancel_scope.cancel()
+        finally:
+            await self._processes.close()
 
     async def _rounds_until_stopped(self) -> None:
         failures = 0

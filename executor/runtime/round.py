@@ -26,6 +26,7 @@ from executor.runtime.invoker import Call, Invoker
 from executor.runtime.leases import InFlight
 from executor.runtime.observer import RoundObserver, RoundStats
 from executor.runtime.outcome import OUTCOME_LABELS, scrub_outcome
+from executor.runtime.processes import ProcessPool
 from executor.runtime.stragglers import CallKind, Straggler, Stragglers
 from executor.settings import Settings
 from executor.store import Store
@@ -60,6 +61,7 @@ class RoundRunner:
         resources: InProcessResourceManager,
         leases: InFlight,
         stragglers: Stragglers,
+        processes: ProcessPool,
         clock: Callable[[], float],
         observer: RoundObserver,
         log: Any,
@@ -91,6 +93,7 @@ class RoundRunner:
             handle_timeout=settings.handle_timeout.total_seconds(),
             max_parallelism=settings.max_parallelism,
             observer=observer,
+            processes=processes,
             blocking_threads=settings.blocking_threads,
         )
         self._cleaner = Cleaner(
