@@ -16,12 +16,19 @@ from typing import Any
 import pytest
 
 from executor import lifecycle
-from executor.core import ErrorKind, Phase
+from executor.core import ErrorKind, Phase, SetupContext
 from executor.core.records import ExecutionRecord
+from executor.logging import get_logger
+from executor.plugin.loader import load_directory
+from executor.plugin.registry import PluginRegistry, load_plugins
+from executor.plugin.resources import InProcessResourceManager
+from executor.runtime import Reconciler
 from executor.runtime.processes import WORKER_DIED, Calls, Request
 from executor.settings import load_settings
 from executor.store import Store
+from executor.store.migrate import upgrade
 from tests.test_stragglers import TEST_PLUGINS, finalized, make_reconciler, poll, running, submit
+from tests.webapi_support import EXAMPLES
 
 pytestmark = pytest.mark.anyio
 
@@ -115,6 +122,31 @@ async def test_a_call_past_the_handle_timeout_ends_its_worker_and_the_pool_goes_
     assert record.outputs is not None and record.outputs["pid"] != spinner
     with pytest.raises(ProcessLookupError):  # killed, not left spinning for its minute
         os.kill(spinner, 0)
+
+
+async def test_the_readme_example_counts_primes_in_a_worker_process(sqlite_url: str) -> None:
+    """plugins/examples/primes.py, loaded as the README says: from the plugins directory."""
+    settings = load_settings(database_url=sqlite_url, plugins_dir=str(EXAMPLES), poll_interval="50ms")
+    registry = PluginRegistry()
+    load_directory(registry, EXAMPLES)
+    resources = InProcessResourceManager()
+    setup = SetupContext(settings=settings, logger=get_logger(), resource_registrar=resources)
+    store = Store.from_url(sqlite_url)
+    await upgrade(store.engine)
+    try:
+        reconciler = Reconciler(
+            store, await load_plugins(registry, setup), settings, resource_manager=resources
+        )
+        [execution] = await submit(store, ("example-primes", {"below": BELOW}))
+        async with running(reconciler):
+            await poll("the example to finish", lambda: finalized(store, [execution]))
+        record = await record_of(store, execution)
+    finally:
+        await store.close()
+    assert record.phase is Phase.SUCCESS
+    assert record.outputs is not None
+    assert record.outputs["primes"] == PRIMES_BELOW
+    assert record.outputs["worker_pid"] != os.getpid()
 
 
 # -- what a worker does with one call, run here, without a process -----------------------------
