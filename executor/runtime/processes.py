@@ -150,10 +150,10 @@ class ProcessPool:
                 self._workers.discard(worker)
                 worker.kill()
                 raise
-            if worker in self._workers:  # else the pool was closed meanwhile
+            if worker in self._workers:
                 self._idle.append(worker)
-            else:
-                worker.kill()
+            else:  # the pool was closed meanwhile
+                await anyio.to_thread.run_sync(_stop_all, {worker})
             return reply
 
     async def _start_worker(self) -> _Worker:
@@ -232,12 +232,11 @@ def _stop_all(workers: set[_Worker]) -> None:
 def serve(connection: Connection, settings: Settings) -> None:
     """A worker's life: load the plugins, then answer calls until told to stop or the daemon is gone.
 
-    SIGINT and SIGTERM are ignored: a Ctrl+C or a service manager signalling the whole process
-    group must not kill the calls that the daemon's graceful stop lets finish; the daemon ends
-    its workers itself.
+    SIGINT is ignored: a Ctrl+C reaches the whole process group, and must not kill the calls that
+    the daemon's graceful stop lets finish; the daemon ends its workers itself. SIGTERM is not:
+    it is how `multiprocessing` ends the workers of a daemon that exits without closing its pool.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner() as runner:
         worker = Calls(settings, runner)
