@@ -48,12 +48,22 @@ class Settings(BaseSettings):
     max_parallelism: int = Field(256, ge=1)
     #: A `handle` call running longer is abandoned and counted as a system failure.
     handle_timeout: Duration = timedelta(seconds=30)
+    #: How long a round waits for its plugin calls before it commits what is ready; a call still
+    #: running goes on in the background and a later commit takes its outcome.
+    round_budget: Duration = timedelta(milliseconds=5)
+    #: Worker threads for the calls of `blocking=True` plugins, all plugins together.
+    blocking_threads: int = Field(40, ge=1)
+    #: Worker processes for the calls of `cpu_bound=True` plugins, all plugins together; started
+    #: when first needed.
+    process_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     #: Longest sleep between rounds when nothing wakes the loop earlier.
     poll_interval: Duration = timedelta(seconds=1)
     #: Next round for a plugin that does not say when it wants one.
     default_requeue: Duration = timedelta(seconds=1)
     #: How long a claim stays ours; past it, another replica may take the execution.
     lease_ttl: Duration = timedelta(seconds=120)
+    #: How often the leases of calls still running are extended (unset: a quarter of the TTL).
+    lease_renew_interval: Duration | None = None
     #: How often a daemon records that it is alive (`executor replicas`); silent for three of
     #: these, it is shown as gone.
     heartbeat_interval: Duration = timedelta(seconds=5)
@@ -95,6 +105,10 @@ class Settings(BaseSettings):
     #: Bearer token every `/api` call must present; unset means the API is open.
     api_token: pydantic.SecretStr | None = None
 
+    @property
+    def effective_lease_renew_interval(self) -> timedelta:
+        return self.lease_renew_interval or self.lease_ttl / 4
+
     @pydantic.field_validator("http_addr")
     @classmethod
     def _http_addr(cls, value: str) -> str:
@@ -112,10 +126,13 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if self.retry_backoff_base > self.retry_backoff_max:
             raise ValueError("EXECUTOR_RETRY_BACKOFF_BASE must not exceed EXECUTOR_RETRY_BACKOFF_MAX")
-        if self.lease_ttl <= self.handle_timeout:
+        if self.lease_ttl < 3 * self.effective_lease_renew_interval:
             raise ValueError(
-                "EXECUTOR_LEASE_TTL must exceed EXECUTOR_HANDLE_TIMEOUT, or a slow round would lose its lease"
+                "EXECUTOR_LEASE_TTL must be at least three EXECUTOR_LEASE_RENEW_INTERVALs, so that a "
+                "lease outlives two renewals that fail"
             )
+        if self.round_budget >= self.handle_timeout:
+            raise ValueError("EXECUTOR_ROUND_BUDGET must be shorter than EXECUTOR_HANDLE_TIMEOUT")
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError(
                 "EXECUTOR_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"

@@ -156,12 +156,27 @@ def test_backoff_base_equal_to_max_is_fine(monkeypatch: pytest.MonkeyPatch) -> N
     assert load_settings().retry_backoff_base == timedelta(minutes=5)
 
 
-@pytest.mark.parametrize(("ttl", "timeout"), [("30s", "30s"), ("10s", "30s")])
-def test_lease_ttl_not_above_handle_timeout_is_rejected(
-    monkeypatch: pytest.MonkeyPatch, ttl: str, timeout: str
+@pytest.mark.parametrize(("ttl", "renew"), [("30s", "11s"), ("1s", "500ms")])
+def test_a_lease_ttl_below_three_renewals_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, ttl: str, renew: str
 ) -> None:
-    message = _error(monkeypatch, EXECUTOR_LEASE_TTL=ttl, EXECUTOR_HANDLE_TIMEOUT=timeout)
-    assert "EXECUTOR_LEASE_TTL" in message and "EXECUTOR_HANDLE_TIMEOUT" in message
+    message = _error(monkeypatch, EXECUTOR_LEASE_TTL=ttl, EXECUTOR_LEASE_RENEW_INTERVAL=renew)
+    assert "EXECUTOR_LEASE_TTL" in message and "EXECUTOR_LEASE_RENEW_INTERVAL" in message
+
+
+def test_the_lease_is_renewed_four_times_a_ttl_by_default_whatever_the_handle_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A call may now outlive the lease's TTL (its lease is renewed): the two are independent.
+    monkeypatch.setenv("EXECUTOR_LEASE_TTL", "20s")
+    monkeypatch.setenv("EXECUTOR_HANDLE_TIMEOUT", "10m")
+    settings = load_settings()
+    assert settings.effective_lease_renew_interval == timedelta(seconds=5)
+
+
+def test_a_round_budget_not_below_the_handle_timeout_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _error(monkeypatch, EXECUTOR_ROUND_BUDGET="30s", EXECUTOR_HANDLE_TIMEOUT="30s")
+    assert "EXECUTOR_ROUND_BUDGET" in message
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,15 @@ def database_url(sqlite_url: str) -> str:
     return sqlite_url
 
 
-def test_the_examples_directory_registers_both_plugins() -> None:
+def test_the_examples_directory_registers_every_example() -> None:
     registry = PluginRegistry()
     load_directory(registry, EXAMPLES)
     ids = {entry.id: list(entry.registered_task_types) for entry in registry.entries}
-    assert ids == {"example-countdown": ["example-countdown"], "example-remote-job": ["example-remote-job"]}
+    assert ids == {
+        "example-countdown": ["example-countdown"],
+        "example-primes": ["example-primes"],
+        "example-remote-job": ["example-remote-job"],
+    }
 
 
 async def test_the_countdown_example_counts_down_round_by_round(store: Store, database_url: str) -> None:

@@ -51,7 +51,9 @@ def env(sqlite_url: str, tmp_path: Path) -> dict[str, str]:
     plugins.mkdir()
     shutil.copy(EXAMPLES / "remote_job.py", plugins / "remote_job.py")
     config = {TASK_TYPE: {"resync_interval": 0.2}}
-    return daemon_env(sqlite_url, plugins, EXECUTOR_PLUGIN_CONFIG=json.dumps(config))
+    # A call in flight when the daemon is killed keeps its lease until the TTL: short, so that the
+    # restarted daemon does not wait two minutes for an execution the kill caught mid-call.
+    return daemon_env(sqlite_url, plugins, EXECUTOR_PLUGIN_CONFIG=json.dumps(config), EXECUTOR_LEASE_TTL="3s")
 
 
 def submit_and_kill_mid_job(

@@ -76,6 +76,7 @@ async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
         metrics = Metrics(replica_id=settings.replica_id)
         client = client_for(settings, store, plugins.resolver)
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
+        metrics.watch_calls(reconciler.calls_in_flight)
         http = HttpServer.from_settings(settings, client=client, plugins=plugins, metrics=metrics)
         parts = DaemonParts(settings, store, resources, plugins, client, metrics, reconciler, http)
         try:

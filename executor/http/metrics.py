@@ -9,7 +9,7 @@ registry of its own, so that tests and several daemons in one process never shar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -143,6 +143,19 @@ class Metrics:
         self.store_up = Gauge(
             "executor_store_up", "1 when the scrape could read the store, 0 when it could not.", registry=r
         )
+        self.calls_in_flight = Gauge(
+            "executor_calls_in_flight",
+            "Plugin calls that outlived their round's budget and still run, per plugin (at scrape time).",
+            ["plugin"],
+            registry=r,
+        )
+        self.call_in_flight_age = Gauge(
+            "executor_call_in_flight_oldest_seconds",
+            "How long the oldest call still in flight has run, per plugin (at scrape time).",
+            ["plugin"],
+            registry=r,
+        )
+        self._calls: Callable[[], Mapping[str, tuple[int, float]]] | None = None
 
     # -- RoundObserver ------------------------------------------------------------------------
 
@@ -176,6 +189,19 @@ class Metrics:
 
     # -- scrape -------------------------------------------------------------------------------
 
+    def watch_calls(self, calls_in_flight: Callable[[], Mapping[str, tuple[int, float]]]) -> None:
+        """Read the calls in flight (per plugin: how many, the oldest's age) at each scrape."""
+        self._calls = calls_in_flight
+
+    def _read_calls(self) -> None:
+        if self._calls is None:
+            return
+        self.calls_in_flight.clear()  # a plugin with none left must not show its last count
+        self.call_in_flight_age.clear()
+        for plugin, (count, oldest) in self._calls().items():
+            self.calls_in_flight.labels(plugin=plugin).set(count)
+            self.call_in_flight_age.labels(plugin=plugin).set(oldest)
+
     async def render(self, store: Store, accept: str = "") -> tuple[bytes, str]:
         """The exposition (the format the `Accept` header asks for) and its content type, with
         the store-backed gauges read now."""
@@ -189,6 +215,7 @@ class Metrics:
             self.store_up.set(1)
             for phase in Phase:
                 self.executions.labels(phase=phase.name).set(counts.get(phase, 0))
+        self._read_calls()
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 

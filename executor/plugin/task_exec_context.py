@@ -177,6 +177,12 @@ class TaskExecContext:
         self.lease_token = record.lease_token
 
     @property
+    def record(self) -> ExecutionRecord:
+        """The execution as claimed. Not part of the plugin contract: the runtime sends it to the
+        worker process that runs a `cpu_bound` plugin's call."""
+        return self._record
+
+    @property
     def task_execution_metadata(self) -> TaskExecutionMetadata:
         if self._metadata is None:
             record = self._record

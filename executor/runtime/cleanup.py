@@ -7,8 +7,11 @@ plugin's, in which case it is recorded with the round's commit (see `trivial_cle
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -17,7 +20,8 @@ from executor.core import Plugin
 from executor.core.records import ExecutionRecord, RecordUpdate
 from executor.plugin.registry import LoadedPlugins
 from executor.runtime.context import Contexts
-from executor.runtime.invoker import Invoker
+from executor.runtime.invoker import Call, Invoker
+from executor.runtime.tasks import cancel_and_wait
 
 #: Stands in for the limiter when a round holds no more executions than may run at once.
 _UNLIMITED = contextlib.nullcontext()
@@ -64,44 +68,79 @@ class Cleaner:
         self._max_parallelism = max_parallelism
         self._limiter = anyio.CapacityLimiter(max_parallelism)
 
-    async def clean_up(
-        self, number: int, records: list[ExecutionRecord]
-    ) -> tuple[list[RecordUpdate], set[str]]:
-        """For each attempt that ended: the plugin's `abort` when owed, then `finalize`. Returns the
-        records that say so (which start the next attempt of a RETRYABLE_FAILURE) and the executions
-        whose clean-up completed, whose quota tokens the commit releases. A step that raises is
-        retried, with backoff, on a later round."""
-        done: list[RecordUpdate] = []
-        completed: set[str] = set()
-        to_run: list[tuple[ExecutionRecord, Plugin | None]] = []
+    async def clean_up(self, number: int, records: list[ExecutionRecord], budget: float) -> CleanUps:
+        """For each attempt that ended: the plugin's `abort` when owed, then `finalize`, waited for
+        up to `budget` seconds.
+
+        Returns the records that say how each finished clean-up went (which start the next attempt
+        of a RETRYABLE_FAILURE), the executions whose clean-up completed, whose quota tokens the
+        commit releases, and the calls still running, each with its record: their outcome, the
+        same pair, comes later. A step that raises is retried, with backoff, on a later round.
+        """
+        done = CleanUps()
+        to_run: list[tuple[ExecutionRecord, Plugin]] = []
         for record in records:
             plugin = self._plugins.for_task_type(record.task_type)
             trivial = trivial_cleanup(plugin)
-            if trivial is None:
+            if trivial is None and plugin is not None:
                 to_run.append((record, plugin))
             else:
-                completed.add(record.id)
-                done.append(lifecycle.cleaned_up(record, trivial, self._clock(), self._policy))
+                assert trivial is not None
+                done.completed.add(record.id)
+                done.updates.append(lifecycle.cleaned_up(record, trivial, self._clock(), self._policy))
+        if not to_run:
+            return done
         limiter = self._limiter if len(to_run) > self._max_parallelism else _UNLIMITED
         step = self._invoker.clean_up_step
 
-        async def one(record: ExecutionRecord, plugin: Plugin | None) -> None:
+        async def one(call: Call, record: ExecutionRecord) -> None:
             aborted, error = not record.abort_owed, None
-            async with limiter:
-                if plugin is not None:
-                    tctx = self._contexts.build(record, plugin, number)
+            plugin, tctx = call.plugin, call.tctx
+            try:
+                async with limiter:
                     if record.abort_owed:
                         error = await step(plugin, plugin.abort, tctx, "abort")
                         aborted = error is None
                     if error is None:
                         error = await step(plugin, plugin.finalize, tctx, "finalize")
-                if error is None:
-                    completed.add(record.id)
+            except asyncio.CancelledError:
+                if call.dropped:
+                    return  # its lease was lost: whoever holds it now cleans up
+                raise
             cleanup = lifecycle.Cleanup(aborted=aborted, finalized=error is None, error=error)
-            done.append(lifecycle.cleaned_up(record, cleanup, self._clock(), self._policy))
+            call.finish((lifecycle.cleaned_up(record, cleanup, self._clock(), self._policy), error is None))
 
-        if to_run:
-            async with anyio.create_task_group() as group:
-                for record, plugin in to_run:
-                    group.start_soon(one, record, plugin)
-        return done, completed
+        loop = asyncio.get_running_loop()
+        calls: list[tuple[Call, ExecutionRecord]] = []
+        started = time.monotonic()
+        for record, plugin in to_run:
+            call = Call(len(calls), plugin, self._contexts.build(record, plugin, number))
+            call.started = started
+            call.task = loop.create_task(one(call, record))
+            calls.append((call, record))
+        tasks = [call.task for call, _ in calls if call.task is not None]
+        try:
+            await asyncio.wait(tasks, timeout=budget)
+        except BaseException:
+            await cancel_and_wait(tasks)
+            raise
+        for call, record in calls:
+            if call.outcome is None:
+                done.pending.append((call, record))
+            else:
+                done.add(record.id, *call.outcome)
+        return done
+
+
+@dataclass(slots=True)
+class CleanUps:
+    """What a round's clean-ups came to: records to commit, completed clean-ups, calls pending."""
+
+    updates: list[RecordUpdate] = field(default_factory=list)
+    completed: set[str] = field(default_factory=set)
+    pending: list[tuple[Call, ExecutionRecord]] = field(default_factory=list)
+
+    def add(self, execution_id: str, update: RecordUpdate, completed: bool) -> None:
+        self.updates.append(update)
+        if completed:
+            self.completed.add(execution_id)

@@ -22,7 +22,8 @@ from executor.core import Plugin, PluginStateError
 from executor.plugin.task_exec_context import TaskExecContext
 from executor.redaction import REDACTOR
 from executor.runtime.observer import RoundObserver
-from executor.runtime.outcome import OUTCOME_LABELS, handled
+from executor.runtime.outcome import OUTCOME_LABELS, clean_up_raised, handle_raised, handled
+from executor.runtime.processes import HandledInWorker, ProcessPool, WorkerCleanUpError
 from executor.runtime.tasks import cancel_and_wait
 
 #: A plugin call that holds the event loop longer than this in one step is reported by name.
@@ -30,49 +31,92 @@ BLOCKING_STEP_SECONDS = 0.1
 
 
 class Call:
-    """One execution's `handle` in a round: pending while `outcome` is None, finished once it is set.
+    """One plugin call of a round (a `handle`, or an attempt's clean-up): pending while `outcome` is
+    None, finished once `finish` has set it.
 
     It stands where a tuple stood (no object is added per execution), and it is the unit a round
-    hands to the invoker and reads back: a round that stops waiting for its slowest calls will
-    commit the finished ones and leave the pending ones to a later commit.
+    hands to the invoker and reads back. A round commits the calls finished within its budget; it
+    gives each call still pending a `sink`, which hears the outcome when it comes (see
+    `Stragglers`), and the call goes on in the background meanwhile.
     """
 
-    __slots__ = ("index", "outcome", "plugin", "tctx")
+    __slots__ = ("dropped", "index", "outcome", "plugin", "sink", "started", "task", "tctx")
 
     def __init__(self, index: int, plugin: Plugin, tctx: TaskExecContext) -> None:
         #: Where the call's outcome goes among the round's outcomes.
         self.index = index
         self.plugin = plugin
         self.tctx = tctx
-        self.outcome: lifecycle.Outcome | None = None
+        self.outcome: Any = None
+        #: Who hears the outcome of a call that outlived its round's budget.
+        self.sink: Callable[[Call], None] | None = None
+        #: The task that runs the call, when it has one of its own (None: the round's carrier).
+        self.task: asyncio.Task[Any] | None = None
+        #: Set when the call's lease was lost: it is cancelled and its outcome goes nowhere.
+        self.dropped = False
+        self.started = 0.0
+
+    def finish(self, outcome: Any) -> None:
+        if self.dropped:
+            return
+        self.outcome = outcome
+        if self.sink is not None:
+            self.sink(self)
 
 
 class Invoker:
-    def __init__(self, *, handle_timeout: float, max_parallelism: int, observer: RoundObserver) -> None:
+    def __init__(
+        self,
+        *,
+        handle_timeout: float,
+        max_parallelism: int,
+        observer: RoundObserver,
+        processes: ProcessPool,
+        blocking_threads: int = 40,
+    ) -> None:
         self._handle_timeout = handle_timeout
         self._max_parallelism = max_parallelism
         self.observer = observer
+        #: The worker threads of `blocking=True` plugins: bounded, and never holding a round.
+        self._threads = anyio.CapacityLimiter(blocking_threads)
+        #: The worker processes of `cpu_bound=True` plugins (the loop's: it ends them).
+        self._processes = processes
 
-    async def handle(self, calls: list[Call]) -> None:
-        """Every call's `handle`, at once, until each call's outcome is set.
+    async def handle(self, calls: list[Call], budget: float) -> asyncio.Task[None] | None:
+        """Start every call's `handle` and wait for them up to `budget` seconds.
+
+        Each call's outcome is set as it finishes. The calls run in a task of the round's own, the
+        carrier: most of them return in their first step, so the carrier ends at once and the
+        round goes on. Otherwise the round waits no longer than `budget`; the carrier goes on
+        with the calls still pending (returned, for the caller to keep), each under its deadline.
 
         The calls share one deadline for the round (see `_handle_all`): an anyio task group with a
         timeout scope per execution cost more than the rest of a one-round task together. The
         deadline is the same for each, since they all start together; when a round holds more
         executions than may run at once, each waits its turn and has a deadline of its own.
         """
-        if len(calls) <= self._max_parallelism:
-            await self._handle_all(calls)
-        else:
-            await self._handle_limited(calls)
+        started = time.monotonic()
+        for call in calls:
+            call.started = started
+        work = self._handle_all(calls) if len(calls) <= self._max_parallelism else self._handle_limited(calls)
+        carrier = asyncio.get_running_loop().create_task(work)
+        try:
+            await asyncio.wait((carrier,), timeout=budget)
+        except BaseException:
+            await cancel_and_wait([carrier])
+            raise
+        if carrier.done():
+            carrier.result()  # a bug of the invoker's own, not a plugin's: let it be seen
+            return None
+        return carrier
 
     async def _handle_all(self, calls: list[Call]) -> None:
         """Every `handle` at once, under one deadline for the round.
 
-        Most handles return without ever suspending. Each call starts here, in the round's own
-        task, and one that returns in its first step needs no task of its own (a task per call
-        was the largest cost left of a one-round task). The first call that suspends goes on in
-        this task, and each call after it starts in a task of its own, so all still run at once.
+        Most handles return without ever suspending. Each call starts here, in the carrier, and
+        one that returns in its first step needs no task of its own (a task per call was the
+        largest cost left of a one-round task). The first call that suspends goes on in the
+        carrier, and each call after it starts in a task of its own, so all still run at once.
         A call that has suspended cannot move to another task: a cancel scope it entered belongs
         to the task that entered it.
         """
@@ -83,58 +127,81 @@ class Invoker:
             try:
                 awaited = coroutine.send(None)
             except StopIteration as returned:
-                call.outcome = returned.value
+                call.finish(returned.value)
                 continue
             rest = calls[index + 1 :]
-            tasks = [loop.create_task(self._handle(later.plugin, later.tctx)) for later in rest]
+            for later in rest:
+                later.task = loop.create_task(self._handle_into(later))
+            tasks = [later.task for later in rest if later.task is not None]
             try:
+                outcome: lifecycle.Outcome | None
                 try:
                     async with asyncio.timeout_at(deadline):
-                        call.outcome = await stepped(coroutine, awaited)
+                        outcome = await stepped(coroutine, awaited)
                 except TimeoutError:
-                    call.outcome = self._timed_out(call.plugin)
-                await self._settled(tasks, rest, deadline)
+                    outcome = self._timed_out(call.plugin)
+                except asyncio.CancelledError:
+                    if not call.dropped:
+                        raise
+                    # Only this call was cancelled (its lease was lost): the others go on.
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+                    outcome = None
+                call.finish(outcome)
+                await self._settled(rest, deadline)
             except BaseException:
                 # The round itself was cancelled (shutdown): its plugin calls go with it.
                 await cancel_and_wait(tasks)
                 raise
             break
 
-    async def _settled(
-        self, tasks: list[asyncio.Task[lifecycle.Outcome]], calls: list[Call], deadline: float
-    ) -> None:
-        """The outcomes of `tasks`; those still running at `deadline` are cancelled, timed out."""
-        running = [task for task in tasks if not task.done()]
-        late: set[asyncio.Task[lifecycle.Outcome]] = set()
+    async def _handle_into(self, call: Call) -> None:
+        try:
+            call.finish(await self._handle(call.plugin, call.tctx))
+        except asyncio.CancelledError:
+            if not call.dropped:
+                raise
+
+    async def _settled(self, calls: list[Call], deadline: float) -> None:
+        """Wait for the calls' tasks; those still running at `deadline` are cancelled, timed out."""
+        running = [call.task for call in calls if call.task is not None and not call.task.done()]
+        late: set[asyncio.Task[Any]] = set()
         if running:
             timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
             _, late = await asyncio.wait(running, timeout=timeout)
         if late:
             await cancel_and_wait(late)
-        for task, call in zip(tasks, calls, strict=True):
-            call.outcome = self._timed_out(call.plugin) if task in late else task.result()
+            for call in calls:
+                if call.task in late and call.outcome is None:
+                    call.finish(self._timed_out(call.plugin))
 
     async def _handle_limited(self, calls: list[Call]) -> None:
         """At most EXECUTOR_MAX_PARALLELISM `handle` calls at once, each with its own deadline."""
         slots = asyncio.Semaphore(self._max_parallelism)
 
-        async def one(plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
+        async def one(call: Call) -> None:
             async with slots:
                 try:
                     async with asyncio.timeout(self._handle_timeout):
-                        return await self._handle(plugin, tctx)
+                        outcome = await self._handle(call.plugin, call.tctx)
                 except TimeoutError:
-                    return self._timed_out(plugin)
+                    outcome = self._timed_out(call.plugin)
+                except asyncio.CancelledError:
+                    if not call.dropped:
+                        raise
+                    return
+            call.finish(outcome)
 
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(one(call.plugin, call.tctx)) for call in calls]
+        for call in calls:
+            call.task = loop.create_task(one(call))
+        tasks = [call.task for call in calls if call.task is not None]
         try:
-            outcomes = await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks)
         except BaseException:
             await cancel_and_wait(tasks)
             raise
-        for call, outcome in zip(calls, outcomes, strict=True):
-            call.outcome = outcome
 
     async def _handle(self, plugin: Plugin, tctx: TaskExecContext) -> lifecycle.Outcome:
         """`handle`, and what it came to: a transition, or why it was not one."""
@@ -143,12 +210,13 @@ class Invoker:
             done, returned = self.start(plugin, plugin.handle, tctx)
             if not done:
                 returned = await returned
+        except HandledInWorker as decided:
+            outcome: lifecycle.Outcome = decided.outcome  # ran in a worker process, checked there
         except PluginStateError as err:
-            outcome: lifecycle.Outcome = lifecycle.Rejected("PluginStateUnreadable", str(err))
+            outcome = handle_raised(err)
         except Exception as err:
-            # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
             tctx.logger.warning("handle.raised", error=f"{type(err).__name__}: {err}", exc_info=True)
-            outcome = lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+            outcome = handle_raised(err)
         else:
             outcome = handled(returned, tctx)
         seconds = time.perf_counter() - started
@@ -174,8 +242,10 @@ class Invoker:
         except Exception as err:
             if isinstance(err, TimeoutError) and deadline.cancel_called:
                 error = f"{name} did not return within {self._handle_timeout:g}s (EXECUTOR_HANDLE_TIMEOUT)"
+            elif isinstance(err, WorkerCleanUpError):
+                error = str(err)
             else:
-                error = f"{name} raised {type(err).__name__}: {err}"
+                error = clean_up_raised(name, err)
             tctx.logger.warning(f"{name}.failed", error=error)
             return str(REDACTOR.text(error))
         return None
@@ -186,17 +256,22 @@ class Invoker:
         """Start a plugin call: (True, what it returned) when it ended in its first step, as most
         do, else (False, an awaitable of what it will return).
 
-        A plugin that declares itself blocking runs on a worker thread with an event loop of its
-        own. Any other runs its first step here, at once: a call that needs no second step needs
-        no coroutine of the loop's either. Each step is timed, so that a plugin which blocks the
-        loop anyway is named in a warning instead of silently slowing every execution.
+        A `cpu_bound` plugin's call runs in a worker process (see `ProcessPool.call`, which raises
+        what a `handle` came to), a blocking plugin's on a worker thread with an event loop of its
+        own: either is then awaited, so a long one outlives its round like any slow call. Any
+        other runs its first step here, at once: a call that needs no second step needs no
+        coroutine of the loop's either. Each step is timed, so that a plugin which blocks the loop
+        anyway is named in a warning instead of silently slowing every execution.
         """
-        if plugin.properties.blocking:
+        properties = plugin.properties
+        if properties.cpu_bound:
+            return False, self._processes.call(plugin, method.__name__, tctx)
+        if properties.blocking:
 
             def in_thread() -> Any:
                 return asyncio.run(method(tctx))  # type: ignore[arg-type]
 
-            return False, anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
+            return False, anyio.to_thread.run_sync(in_thread, abandon_on_cancel=True, limiter=self._threads)
         coroutine = method(tctx)
         # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
         if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):

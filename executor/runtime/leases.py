@@ -1,12 +1,14 @@
-"""The leases of the rounds under way, so that a round that never commits hands them back.
+"""The leases this replica holds, so that work that never commits hands them back.
 
-A claim leases its rows to this replica until the round commits; a round that is cancelled (the
-shutdown grace ran out) or whose commit fails (the database went away mid-round) releases them,
-so that its executions run again at once, here or elsewhere, not after the lease's TTL.
+A claim leases its rows to this replica until the round commits, or, for a call that outlived its
+round, until that call's outcome commits (the loop renews those leases meanwhile). A round that is
+cancelled (the shutdown grace ran out) or whose commit fails (the database went away mid-round)
+releases them, so that its executions run again at once, here or elsewhere, not after the TTL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -15,30 +17,49 @@ from executor.store import Store
 
 
 class InFlight:
-    """The leases of the rounds under way (two while a commit overlaps the next round): token -> ids."""
+    """The leases this replica holds: those of the rounds under way (two while a commit overlaps
+    the next round) and those of the calls that outlived their round. token -> ids."""
 
     def __init__(self, store: Store, *, release_timeout: float, log: Any) -> None:
         self._store = store
         self._release_timeout = release_timeout
         self._log = log
-        self._leases: dict[str, list[str]] = {}
+        self._leases: dict[str, set[str]] = {}
 
     @property
     def count(self) -> int:
         return sum(len(ids) for ids in self._leases.values())
 
     def hold(self, token: str, ids: list[str]) -> None:
-        self._leases[token] = ids
+        self._leases[token] = set(ids)
 
-    def drop(self, token: str) -> None:
-        """The round committed (or gave its leases back): nothing of it is in flight any more."""
-        self._leases.pop(token, None)
+    def held(self) -> dict[str, list[str]]:
+        """A copy of every lease held, for the renewal."""
+        return {token: list(ids) for token, ids in self._leases.items() if ids}
+
+    def drop(self, token: str, keep: Collection[str] = ()) -> None:
+        """The round committed (or gave its leases back): only the executions in `keep`, whose
+        calls go on, still hold its lease."""
+        ids = self._leases.pop(token, None)
+        if ids is not None and keep:
+            self._leases[token] = ids & set(keep)
+
+    def forget(self, token: str, ids: Collection[str]) -> None:
+        """These leases were written off by a commit, or lost to another replica."""
+        held = self._leases.get(token)
+        if held is not None:
+            held.difference_update(ids)
+            if not held:
+                del self._leases[token]
+
+    def holds(self, token: str, execution_id: str) -> bool:
+        return execution_id in self._leases.get(token, ())
 
     async def abandon(self, token: str) -> None:
         """Hand the round's leases back if the database lets us; a failure is only logged, since
         the leases lapse anyway when their TTL runs out."""
         ids = self._leases.pop(token, None)
-        if ids is None:
+        if not ids:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._release_timeout):
             try:

@@ -19,7 +19,9 @@ from executor.plugin.resources import InProcessResourceManager
 from executor.runtime.committer import CommitPipeline
 from executor.runtime.leases import InFlight
 from executor.runtime.observer import NullObserver, RoundObserver, RoundStats
+from executor.runtime.processes import ProcessPool
 from executor.runtime.round import HandledRound, RoundRunner
+from executor.runtime.stragglers import Stragglers
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.errors import is_unavailable
@@ -67,12 +69,17 @@ class Reconciler:
         self._log = get_logger(replica=settings.replica_id)
         self._observer: RoundObserver = observer or NullObserver()
         self._leases = InFlight(store, release_timeout=settings.handle_timeout.total_seconds(), log=self._log)
+        self._stragglers = Stragglers(self.wakeup.set)
+        #: The worker processes of `cpu_bound` plugins: none until a call needs one; ended by `run`.
+        self._processes = ProcessPool(settings)
         self._rounds = RoundRunner(
             store,
             plugins,
             settings,
             resources=resource_manager or InProcessResourceManager(settings.resource_quotas),
             leases=self._leases,
+            stragglers=self._stragglers,
+            processes=self._processes,
             clock=clock,
             observer=self._observer,
             log=self._log,
@@ -106,7 +113,28 @@ class Reconciler:
 
     async def run(self) -> None:
         """Round after round until `stop`; on PostgreSQL a full round commits while the next one
-        claims (see `CommitPipeline`)."""
+        claims (see `CommitPipeline`). Calls that outlive their round go on meanwhile (their leases
+        renewed), and each commit of the loop's takes the outcomes they came to. After `stop`, the
+        loop waits for those calls, for as long as the daemon's grace lets it. The worker
+        processes of `cpu_bound` plugins end with the loop."""
+        try:
+            async with anyio.create_task_group() as background:
+                background.start_soon(self._renew_leases)
+                try:
+                    await self._rounds_until_stopped()
+                    await self._drain()
+                except BaseException:
+                    # Cancelled (the shutdown grace ran out): the calls still running go too; their
+                    # leases are handed back by `release_in_flight`.
+                    with anyio.CancelScope(shield=True):
+                        await self._stragglers.cancel_all()
+                    raise
+                finally:
+                    background.cancel_scope.cancel()
+        finally:
+            await self._processes.close()
+
+    async def _rounds_until_stopped(self) -> None:
         failures = 0
         try:
             while not self._stopping:
@@ -117,6 +145,7 @@ class Reconciler:
                     # The previous round's commit: its error, if any, is this one's (which hands
                     # this round's leases back below).
                     await self._commits.previous()
+                    await self._rounds.commit_late()
                     claimed = len(handled.claimed)
                     if self._commits.may_overlap(claimed) and not self._stopping:
                         # More is likely due: claim it while this round commits.
@@ -129,18 +158,8 @@ class Reconciler:
                 except Exception as err:
                     if handled is not None:
                         await self._rounds.abandon(handled)  # when its commit never started
-                    if not is_unavailable(err):
-                        raise
                     failures += 1
-                    self._observer.store_error()
-                    delay = _backoff(failures, self.settings.poll_interval.total_seconds())
-                    self._log.error(
-                        "round.store_error",
-                        error=f"{type(err).__name__}: {err}",
-                        retry_in=round(delay, 3),
-                        attempt=failures,
-                    )
-                    await self.wakeup.wait(delay)
+                    await self._store_failed(err, failures)
                     continue
                 if claimed >= self.settings.batch_size or self._stopping:
                     continue  # more may be due right now
@@ -152,6 +171,60 @@ class Reconciler:
             await self._commits.cancel()
             raise
         await self._commits.finish()
+
+    async def _drain(self) -> None:
+        """After `stop`: commit what the calls still running come to, as they finish."""
+        if self._stragglers.waiting:
+            self._log.info("loop.waiting_for_calls", calls=self._stragglers.pending)
+        failures = 0
+        while self._stragglers.waiting:
+            try:
+                await self._rounds.commit_late()
+                failures = 0
+            except Exception as err:
+                failures += 1
+                await self._store_failed(err, failures)
+                continue
+            if self._stragglers.pending:
+                await self.wakeup.wait(self.settings.poll_interval.total_seconds())
+
+    async def _store_failed(self, err: Exception, failures: int) -> None:
+        """A store error: report it and back off; any other error is a bug, raised."""
+        if not is_unavailable(err):
+            raise err
+        self._observer.store_error()
+        delay = _backoff(failures, self.settings.poll_interval.total_seconds())
+        self._log.error(
+            "round.store_error",
+            error=f"{type(err).__name__}: {err}",
+            retry_in=round(delay, 3),
+            attempt=failures,
+        )
+        await self.wakeup.wait(delay)
+
+    async def _renew_leases(self) -> None:
+        """Extend every lease this replica holds, in one statement per tick, well before it
+        expires; a call whose lease was lost meanwhile is cancelled and its outcome dropped."""
+        interval = self.settings.effective_lease_renew_interval.total_seconds()
+        ttl = self.settings.lease_ttl.total_seconds()
+        while True:
+            await anyio.sleep(interval)
+            held = self._leases.held()
+            if not held:
+                continue
+            try:
+                renewed = await self.store.renew_leases(held, lease_ttl=ttl)
+            except Exception as err:
+                if not is_unavailable(err):
+                    raise
+                self._log.warning("lease.renew_failed", error=f"{type(err).__name__}: {err}")
+                continue
+            for token, ids in held.items():
+                lost = [i for i in ids if i not in renewed and self._leases.holds(token, i)]
+                if lost:
+                    self._log.warning("lease.lost", count=len(lost), ids=sorted(lost))
+                    self._stragglers.drop(lost)
+                    self._leases.forget(token, lost)
 
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
@@ -165,8 +238,13 @@ class Reconciler:
 
     @property
     def in_flight(self) -> int:
-        """Executions of the rounds under way (what `executor replicas` shows)."""
+        """Executions this replica holds: of the rounds under way, and of the calls that outlived
+        their round (what `executor replicas` shows)."""
         return self._leases.count
+
+    def calls_in_flight(self) -> dict[str, tuple[int, float]]:
+        """Per plugin, the calls that outlived their round: how many, and the oldest's age (s)."""
+        return self._stragglers.by_plugin()
 
     async def release_in_flight(self) -> None:
         """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
@@ -175,8 +253,22 @@ class Reconciler:
     # -- one round ----------------------------------------------------------------------------
 
     async def run_round(self) -> RoundStats:
-        """One whole round, claim to commit (the loop may overlap a commit with the next round)."""
-        return await self._rounds.finish(await self._rounds.claim_and_handle(), time.perf_counter())
+        """One whole round, claim to commit, its slow calls included: what the loop does in one
+        turn, except that the calls that outlive the round's budget are waited for and their
+        outcomes committed before it returns (tests and tools step the loop with it)."""
+        stats = await self._rounds.finish(await self._rounds.claim_and_handle(), time.perf_counter())
+        while self._stragglers.waiting:
+            await self._stragglers.settled()
+            late = await self._rounds.commit_late()
+            if late is not None:
+                stats = RoundStats(
+                    stats.number,
+                    stats.claimed,
+                    stats.committed + late.committed,
+                    stats.lost + late.lost,
+                    stats.finalized + late.finalized,
+                )
+        return stats
 
 
 def _backoff(failures: int, poll: float) -> float:

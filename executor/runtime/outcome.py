@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from executor import lifecycle
-from executor.core import ExecutionError, Phase, PhaseInfo, TaskInfo, TaskLog, Transition
+from executor.core import ExecutionError, Phase, PhaseInfo, PluginStateError, TaskInfo, TaskLog, Transition
 from executor.plugin.task_exec_context import TaskExecContext
 from executor.redaction import REDACTOR
 
@@ -39,6 +39,19 @@ def handled(returned: object, tctx: TaskExecContext) -> lifecycle.Outcome:
     writer = tctx.output_writer
     change = state.change if state is not None else None
     return lifecycle.Handled(returned, change, writer.outputs, writer.outputs_json)
+
+
+def handle_raised(err: Exception) -> lifecycle.Outcome:
+    """What a `handle` that raised came to, wherever it ran: on the loop, a thread or a worker process."""
+    if isinstance(err, PluginStateError):
+        return lifecycle.Rejected("PluginStateUnreadable", str(err))
+    # A TimeoutError of the plugin's own (a remote call that timed out) is a raise like any other.
+    return lifecycle.SystemFault("HandleRaised", f"handle raised {type(err).__name__}: {err}")
+
+
+def clean_up_raised(method: str, err: Exception) -> str:
+    """Why an `abort` or `finalize` that raised did not complete, wherever it ran."""
+    return f"{method} raised {type(err).__name__}: {err}"
 
 
 def transition_problem(returned: object) -> str | None:

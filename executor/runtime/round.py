@@ -19,13 +19,15 @@ from executor.core import Plugin
 from executor.core.records import ExecutionRecord, RecordUpdate
 from executor.plugin.registry import LoadedPlugins
 from executor.plugin.resources import InProcessResourceManager
-from executor.runtime.cleanup import Cleaner, trivial_cleanup
+from executor.runtime.cleanup import Cleaner, CleanUps, trivial_cleanup
 from executor.runtime.committer import Committer
 from executor.runtime.context import Contexts
 from executor.runtime.invoker import Call, Invoker
 from executor.runtime.leases import InFlight
 from executor.runtime.observer import RoundObserver, RoundStats
 from executor.runtime.outcome import OUTCOME_LABELS, scrub_outcome
+from executor.runtime.processes import ProcessPool
+from executor.runtime.stragglers import CallKind, Straggler, Stragglers
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.quotas import SqlResourceManager
@@ -42,6 +44,8 @@ class HandledRound:
     updates: list[RecordUpdate] = field(default_factory=list)
     #: Attempts whose clean-up runs nothing of the plugin's, recorded with this commit.
     settled: set[str] = field(default_factory=set)
+    #: Executions whose call goes on after this round: they keep its lease past its commit.
+    kept: set[str] = field(default_factory=set)
     now: float = 0.0
 
 
@@ -56,6 +60,8 @@ class RoundRunner:
         *,
         resources: InProcessResourceManager,
         leases: InFlight,
+        stragglers: Stragglers,
+        processes: ProcessPool,
         clock: Callable[[], float],
         observer: RoundObserver,
         log: Any,
@@ -66,6 +72,8 @@ class RoundRunner:
         self._clock = clock
         self._log = log
         self._leases = leases
+        self._stragglers = stragglers
+        self._budget = settings.round_budget.total_seconds()
         self.rounds = 0
         self.last_round_at: float | None = None
         self._policy = lifecycle.Policy(
@@ -85,6 +93,8 @@ class RoundRunner:
             handle_timeout=settings.handle_timeout.total_seconds(),
             max_parallelism=settings.max_parallelism,
             observer=observer,
+            processes=processes,
+            blocking_threads=settings.blocking_threads,
         )
         self._cleaner = Cleaner(
             plugins,
@@ -144,7 +154,7 @@ class RoundRunner:
                 await self.abandon(handled)
                 raise
             finally:
-                self._leases.drop(handled.token)
+                self._leases.drop(handled.token, keep=handled.kept)
         self._observer.round_finished(stats, time.perf_counter() - started)
         return stats
 
@@ -159,12 +169,23 @@ class RoundRunner:
         handled.awaiting_cleanup = [record for record in handled.claimed if record.phase.is_terminal]
         active = [record for record in handled.claimed if not record.phase.is_terminal]
         plugins = self._plugins_of(handled.claimed)
-        outcomes = await self._outcomes(handled.number, active, plugins)
-        now = handled.now = self._clock()
+        outcomes = await self._outcomes(handled, active, plugins)
+        handled.now = self._clock()
+        self._advance(handled, list(zip(active, outcomes, strict=True)))
+
+    def _advance(
+        self, handled: HandledRound, outcomes: list[tuple[ExecutionRecord, lifecycle.Outcome | None]]
+    ) -> None:
+        """Each finished outcome's next record, into the round's updates."""
+        now = handled.now
         # Attempts that ended with a clean-up that runs nothing of the plugin's: recorded with
         # this commit instead of a second one (see `trivial_cleanup`).
-        cleanups = {task_type: trivial_cleanup(plugin) for task_type, plugin in plugins.items()}
-        for record, raw_outcome in zip(active, outcomes, strict=True):
+        cleanups: dict[str, lifecycle.Cleanup | None] = {}
+        for record, raw_outcome in outcomes:
+            if raw_outcome is None:
+                continue  # its call goes on: a later commit takes its outcome
+            if record.task_type not in cleanups:
+                cleanups[record.task_type] = trivial_cleanup(self._plugins.for_task_type(record.task_type))
             outcome = scrub_outcome(raw_outcome)
             cleanup = cleanups[record.task_type]
             if cleanup is None:
@@ -184,13 +205,15 @@ class RoundRunner:
         return found
 
     async def _outcomes(
-        self, number: int, records: list[ExecutionRecord], plugins: dict[str, Plugin | None]
-    ) -> list[lifecycle.Outcome]:
+        self, handled: HandledRound, records: list[ExecutionRecord], plugins: dict[str, Plugin | None]
+    ) -> list[lifecycle.Outcome | None]:
         """What happened to each record this round, in order: decided without the plugin when it
-        can be (an abort, an expiry, no plugin), else by `handle`, all of them at once."""
+        can be (an abort, an expiry, no plugin), else by `handle`, all of them at once. None for a
+        call still running when the round's budget ran out: it goes on among the stragglers."""
         outcomes: list[lifecycle.Outcome | None] = []
         calls: list[Call] = []
         now = self._clock()
+        number = handled.number
         for record in records:
             plugin = plugins[record.task_type]
             decided = self._decided_without_plugin(record, plugin, now)
@@ -201,10 +224,16 @@ class RoundRunner:
                 self._observer.handle_finished(plugin.id if plugin is not None else "", label, 0.0)
             outcomes.append(decided)
         if calls:
-            await self._invoker.handle(calls)
+            carrier = await self._invoker.handle(calls, self._budget)
+            pending = []
             for call in calls:
                 outcomes[call.index] = call.outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+                if call.outcome is None:
+                    pending.append((call, records[call.index]))
+            if pending:
+                handled.kept.update(record.id for _, record in pending)
+                self._stragglers.keep(handled.number, handled.token, CallKind.HANDLE, pending, carrier)
+        return outcomes
 
     def _decided_without_plugin(
         self, record: ExecutionRecord, plugin: Plugin | None, now: float
@@ -230,19 +259,76 @@ class RoundRunner:
             for u in updates
             if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
         ]
-        finalized = await self._clean_up(number, token, ended + handled.awaiting_cleanup)
+        finalized = await self._clean_up(handled, ended + handled.awaiting_cleanup)
         finalized += len(handled.settled & result.committed)
         claimed = len(handled.claimed)
         self._log.debug("round.committed", round=number, claimed=claimed, committed=len(result.committed))
         return RoundStats(number, claimed, len(result.committed), len(result.lost), finalized)
 
-    async def _clean_up(self, number: int, token: str, records: list[ExecutionRecord]) -> int:
+    async def _clean_up(self, handled: HandledRound, records: list[ExecutionRecord]) -> int:
         """Clean up after each attempt that ended, and record that with a commit of its own. Quota
-        tokens the plugin forgot are released with the commit that records the clean-up."""
+        tokens the plugin forgot are released with the commit that records the clean-up. Clean-ups
+        still running after the budget go on among the stragglers, keeping the round's lease."""
         if not records:
             return 0
-        done, completed = await self._cleaner.clean_up(number, records)
+        number, token = handled.number, handled.token
+        cleanups = await self._cleaner.clean_up(number, records, self._budget)
+        if cleanups.pending:
+            handled.kept.update(record.id for _, record in cleanups.pending)
+            self._stragglers.keep(number, token, CallKind.CLEAN_UP, cleanups.pending)
+        if not cleanups.updates:
+            return 0
         result = await self._committer.write(
-            number, token, done, now=self._clock(), release_allocations_of=completed
+            number, token, cleanups.updates, now=self._clock(), release_allocations_of=cleanups.completed
         )
-        return len(completed & result.committed)
+        return len(cleanups.completed & result.committed)
+
+    # -- the calls that outlived their round ----------------------------------------------------
+
+    async def commit_late(self) -> RoundStats | None:
+        """Commit the outcomes of the calls that finished since the last commit, each under the
+        lease of the round that started it: a handle's outcome as that round would have (clean-up
+        included), a clean-up's record as is."""
+        finished = self._stragglers.take_finished()
+        if not finished:
+            return None
+        started = time.perf_counter()
+        by_token: dict[str, list[Straggler]] = {}
+        for straggler in finished:
+            by_token.setdefault(straggler.token, []).append(straggler)
+        committed = lost = finalized = 0
+        for token, stragglers in by_token.items():
+            stats = await self._commit_late(token, stragglers)
+            committed += stats.committed
+            lost += stats.lost
+            finalized += stats.finalized
+        stats = RoundStats(self.rounds, 0, committed, lost, finalized)
+        self._observer.round_finished(stats, time.perf_counter() - started)
+        return stats
+
+    async def _commit_late(self, token: str, stragglers: list[Straggler]) -> RoundStats:
+        number = stragglers[0].number
+        handles = [s for s in stragglers if s.kind is CallKind.HANDLE]
+        ids = [s.record.id for s in stragglers]
+        committed = lost = finalized = 0
+        try:
+            if handles:
+                handled = HandledRound(number, token, [s.record for s in handles], now=self._clock())
+                self._advance(handled, [(s.record, s.call.outcome) for s in handles])
+                stats = await self._commit(handled)
+                committed, lost, finalized = stats.committed, stats.lost, stats.finalized
+                ids = [i for i in ids if i not in handled.kept]
+            cleanups = [s for s in stragglers if s.kind is CallKind.CLEAN_UP]
+            if cleanups:
+                done = CleanUps()
+                for straggler in cleanups:
+                    done.add(straggler.record.id, *straggler.call.outcome)
+                result = await self._committer.write(
+                    number, token, done.updates, now=self._clock(), release_allocations_of=done.completed
+                )
+                committed += len(result.committed)
+                lost += len(result.lost)
+                finalized += len(done.completed & result.committed)
+        finally:
+            self._leases.forget(token, ids)
+        return RoundStats(number, 0, committed, lost, finalized)

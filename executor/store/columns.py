@@ -154,7 +154,7 @@ EXECUTIONS: Final = (
     Col("finalized", Boolean, nullable=False, codec=Codec.FLAG, commit=Commit.ALWAYS),
     # The lease of the replica working on it right now. An attempt that just ended keeps its lease
     # for the clean-up its round runs next, so no other replica runs `abort`/`finalize` meanwhile;
-    # every other commit lets it go.
+    # every other commit lets it go. A kept lease keeps the row's own expiry (`statements.py`).
     Col("lease_owner", String(255), commit=Commit.ALWAYS, commit_value="{v} if keep_lease else None"),
     Col("lease_token", String(36), commit=Commit.ALWAYS, commit_value="token if keep_lease else None"),
     Col("lease_expires_at", Double, commit=Commit.ALWAYS, commit_value="{v} if keep_lease else None"),

@@ -196,6 +196,20 @@ class RoundQueries(StoreBase):
         result = await conn.exec_driver_sql(self.sql.still_leased, (self.sql.id_list(ids), token))
         return {row[0] for row in result}
 
+    async def renew_leases(self, leases: Mapping[str, Collection[str]], *, lease_ttl: float) -> set[str]:
+        """Extend the leases `leases` names (token -> ids) by `lease_ttl` seconds on the database's
+        clock, in one statement whatever their number; the ids whose lease was still ours."""
+        ids = [execution_id for held in leases.values() for execution_id in held]
+        if not ids:
+            return set()
+        sql = self.sql
+        with guarded:
+            async with self._writer.begin() as conn:
+                result = await conn.exec_driver_sql(
+                    sql.renew_leases, (lease_ttl, sql.id_list(ids), sql.id_list(list(leases)))
+                )
+                return {row[0] for row in result}
+
     async def release_leases(self, token: str, ids: Iterable[str]) -> None:
         """Give up leases without writing a round (shutdown): other replicas may claim at once."""
         id_list = list(ids)

@@ -107,6 +107,8 @@ class Statements:
     release_allocations: str = field(init=False)
     #: Give leases up without writing a round: ids, token.
     release_leases: str = field(init=False)
+    #: Extend leases still held, returning which: seconds to live, ids, tokens (a list).
+    renew_leases: str = field(init=False)
     #: One event, its columns in `EVENT_COLUMNS`' order.
     insert_event: str = field(init=False)
     #: PostgreSQL: a round's events in one INSERT, each parameter an array of one column.
@@ -115,10 +117,14 @@ class Statements:
     def __post_init__(self) -> None:
         d = self.dialect
         claimable = d.claimable
-        first, second = self._marks(1, 2)
-        # A list of ids is one parameter: an array for asyncpg, a JSON array SQLite's json_each reads.
-        # One statement text whatever the round's size, unlike an IN list of one parameter per id.
-        ids_in = f"= ANY({first})" if d.numbered else f"IN (SELECT value FROM json_each({first}))"
+        first, second, third = self._marks(1, 3)
+
+        def in_list(mark: str) -> str:
+            # A list is one parameter: an array for asyncpg, a JSON array SQLite's json_each reads.
+            # One statement text whatever the round's size, unlike an IN list of one parameter per id.
+            return f"= ANY({mark})" if d.numbered else f"IN (SELECT value FROM json_each({mark}))"
+
+        ids_in = in_list(first)
         event_marks = ", ".join(self._marks(1, len(EVENT_COLUMNS)))
         values = {
             "now": text(f"SELECT {d.now_sql}"),
@@ -161,6 +167,10 @@ class Statements:
                 "UPDATE executions SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
                 f"WHERE id {ids_in} AND lease_token = {second}"
             ),
+            "renew_leases": (
+                f"UPDATE executions SET lease_expires_at = {d.now_sql} + CAST({first} AS DOUBLE PRECISION) "
+                f"WHERE id {in_list(second)} AND lease_token {in_list(third)} RETURNING id"
+            ),
             "insert_event": f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({event_marks})",
             "insert_events_unnest": (
                 f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
@@ -190,7 +200,7 @@ class Statements:
         if sql is None:
             columns = committed_columns(with_state, with_outputs)
             marks = self._marks(1, len(columns) + 4)
-            assignments = [f"{name} = {mark}" for name, mark in zip(columns, marks, strict=False)]
+            assignments = [_assignment(name, mark) for name, mark in zip(columns, marks, strict=False)]
             on_abort, otherwise, execution_id, token = marks[len(columns) :]
             # An abort requested while the round ran must not wait for the plugin's requeue time.
             # Cast: inside CASE, PostgreSQL would take the parameters for text.
@@ -226,7 +236,7 @@ class Statements:
             arrays += [f"${count + 1}::DOUBLE PRECISION[]", f"${count + 2}::DOUBLE PRECISION[]"]
             arrays.append(f"${count + 3}::{_pg_type('id')}[]")
             arrays.append(f"${count + 4}::{_pg_type('lease_token')}[]")
-            assignments = [f"{name} = u.{name}" for name in columns]
+            assignments = [_assignment(name, f"u.{name}", row="e.") for name in columns]
             # An abort requested while the round ran must not wait for the plugin's requeue time.
             assignments.append(
                 "next_round_at = CASE WHEN e.abort_requested THEN u.on_abort ELSE u.next_round_at END"
@@ -245,6 +255,18 @@ class Statements:
         if self.dialect.numbered:
             return [f"${number}" for number in range(first, first + count)]
         return ["?"] * count
+
+
+def _assignment(name: str, value: str, row: str = "") -> str:
+    """A committed column's assignment. A lease kept past the commit keeps the expiry the row has:
+    the loop may have renewed it since the claim (a call that outlived its round), so the
+    record's copy could be stale; NULL gives the lease up."""
+    if name == "lease_expires_at":
+        return (
+            f"{name} = CASE WHEN CAST({value} AS DOUBLE PRECISION) IS NULL THEN NULL "
+            f"ELSE {row}lease_expires_at END"
+        )
+    return f"{name} = {value}"
 
 
 def list_executions(
