@@ -40,7 +40,7 @@ def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
         "timeout": record.timeout,
         "deadline": _deadline(record),
         "deadline_at": iso(record.deadline_at),
-        "not_before": iso(not_before(record)),
+        "not_before": iso(record.not_before),
         "idempotency_key": record.idempotency_key,
         "backoff_base": record.backoff_base,
         "backoff_max": record.backoff_max,
@@ -54,18 +54,6 @@ def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
         "next_round_at": iso(record.next_round_at),
         "finished_at": iso(record.finished_at),
     }
-
-
-def not_before(record: ExecutionRecord) -> float | None:
-    """The submission's not-before time, while it still holds the first round back.
-
-    The store keeps no column of its own for it: a submission's not-before becomes the first
-    `next_round_at`. So it can be read back exactly until the first round has run, and not after
-    (by then it has done its work and is in the past).
-    """
-    if record.rounds == 0 and record.next_round_at > record.created_at:
-        return record.next_round_at
-    return None
 
 
 def _deadline(record: ExecutionRecord) -> float | None:

@@ -60,6 +60,8 @@ class ExecutionRecord:
     backoff_base: float | None = None
     backoff_max: float | None = None
     idempotency_key: str | None = None
+    #: When the submission said the first round may run, seconds since the epoch (None: at once).
+    not_before: float | None = None
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None

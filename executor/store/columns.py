@@ -169,6 +169,9 @@ EXECUTIONS: Final = (
     Col("backoff_base", Double),
     Col("backoff_max", Double),
     Col("idempotency_key", String(255)),
+    # Migration 0004: the submission's not-before time, kept so every door can show it after the
+    # first round has run (`next_round_at` moves on; this does not).
+    Col("not_before", Double),
 )
 
 #: The events table, in its order: each column is the `EventRecord` field of its name.

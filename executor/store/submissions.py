@@ -76,6 +76,7 @@ SUBMITTED: Final = {
     "backoff_base": "submission.backoff_base",
     "backoff_max": "submission.backoff_max",
     "idempotency_key": "submission.idempotency_key",
+    "not_before": "submission.not_before",
 }
 
 #: A new execution's row, by column name: `new_row(execution_id, submission, now)`.
