@@ -272,6 +272,8 @@ def clean_run_dir() -> None:
 
 @contextlib.contextmanager
 def private_daemon() -> Iterator[Docker]:
+    clean_run_dir()
+    RUN_DIR.mkdir(parents=True)  # the daemon's, and the test's scratch files either way
     external = os.environ.get("EXECUTOR_IMAGE_TEST_DOCKER_HOST")
     if external:
         docker = Docker(external)
@@ -282,9 +284,8 @@ def private_daemon() -> Iterator[Docker]:
             yield docker
         finally:
             remove_ours(docker)
+            clean_run_dir()
         return
-    clean_run_dir()
-    RUN_DIR.mkdir(parents=True)
     socket_path = RUN_DIR / "docker.sock"
     args = [
         "dockerd",
@@ -329,11 +330,20 @@ def remove_ours(docker: Docker) -> None:
             (["ps", "-aq", "--filter", f"name={PROJECT}"], ["rm", "-f", "-v"]),
             (["volume", "ls", "-q", "--filter", f"name={PROJECT}"], ["volume", "rm", "-f"]),
             (["network", "ls", "-q", "--filter", f"name={PROJECT}"], ["network", "rm"]),
-            (["images", "-q", "--filter", f"reference={PROJECT}*"], ["image", "rm", "-f"]),
         ):
             found = sorted(set(docker(*listing).stdout.split()))
             if found:
                 docker(*removal, *found, timeout=180, check=False)
+        # By tag, the base last: the images built on it must go first.
+        listing = ["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={PROJECT}*"]
+        tags = sorted(set(docker(*listing).stdout.split()), key=lambda tag: "-base:" in tag)
+        for base in [tag for tag in tags if "-base:" in tag]:  # the build stage, left untagged
+            since = ["images", "-q", "--filter", "dangling=true", "--filter", f"since={base}"]
+            dangling = docker(*since).stdout.split()
+            if dangling:
+                docker("image", "rm", *dangling, timeout=180, check=False)
+        if tags:
+            docker("image", "rm", *tags, timeout=180, check=False)
         say("   removed this test's containers, volumes, networks and images from that engine")
 
 
