@@ -221,16 +221,32 @@ class Docker:
         (ARTIFACTS / f"{name}.log").write_text(done.stdout + done.stderr)
 
 
-def processes_under(directory: Path) -> list[int]:
-    """Pids of processes this test started earlier: their command lines name its run directory."""
-    found = []
+def processes_under(directory: Path) -> dict[int, bytes]:
+    """Processes this test started earlier, pid -> command line: those whose command lines name its
+    run directory (dockerd, its containerd and shims), and their descendants (docker-proxy)."""
+    commands: dict[int, bytes] = {}
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        with contextlib.suppress(OSError):
-            if str(directory).encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            pid = int(entry.name)
+            commands[pid] = (entry / "cmdline").read_bytes()
+            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    ours = {pid for pid, command in commands.items() if str(directory).encode() in command}
+    grown = True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= children
+        grown = bool(children)
+    return {pid: commands[pid] for pid in ours}
+
+
+def _command(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() or None  # a zombie's is empty
+    except OSError:
+        return None
 
 
 def mounts_under(directory: Path) -> list[str]:
@@ -254,15 +270,33 @@ def delete_bridges() -> None:
 
 def clean_run_dir() -> None:
     """Stop whatever an earlier run left (by pid), unmount, delete. Our own files only."""
+    left = processes_under(RUN_DIR)
+    if left:
+        # dockerd first, alone: it stops its containers, proxies and containerd on SIGTERM.
+        dockerds = [pid for pid, command in left.items() if command.startswith(b"dockerd")]
+        for pid in dockerds:
+            say(f"   SIGTERM to the left-over dockerd {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(CheckFailed):
+            wait_for(
+                "the left-over dockerd to stop", lambda: not set(dockerds) & set(processes_under(RUN_DIR)), 40
+            )
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = processes_under(RUN_DIR)
+        # What is still here of the processes found before, if each still runs the same command.
+        now = processes_under(RUN_DIR)
+        pids = [
+            pid
+            for pid in sorted(set(left) | set(now))
+            if (command := _command(pid)) is not None and command in (left.get(pid), now.get(pid))
+        ]
         for pid in pids:
-            say(f"   {sig.name} to {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
+            say(f"   {sig.name} to {pid}: {(_command(pid) or b'')[:120]!r}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         if pids:
             with contextlib.suppress(CheckFailed):
-                wait_for("left-over processes to end", lambda: not processes_under(RUN_DIR), 20)
+                wait_for("left-over processes to end", lambda p=pids: not any(_command(i) for i in p), 20)
     for point in mounts_under(RUN_DIR):
         run(["umount", "-l", point], timeout=30, check=False)
     delete_bridges()
