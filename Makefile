@@ -49,7 +49,7 @@ pytest:
 
 # The Docker image and config/docker-compose.yml built and run for real, in a private Docker daemon
 # that the test installs (Debian's docker.io), starts and stops (README: "make image-test"). About
-# 3 minutes once its base images are cached in /var/cache/executor-image-test, 6 the first time.
+# 2-3 minutes once its base images are cached in /var/cache/executor-image-test, 4-6 the first time.
 # Needs root (sudo otherwise). A developer may skip it with EXECUTOR_SKIP_IMAGE_TEST=1; CI does not.
 image-test: setup
 	@if [ -n "$$EXECUTOR_SKIP_IMAGE_TEST" ]; then \
