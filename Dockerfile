@@ -8,9 +8,12 @@
 # (`config/executor.env.example`); `config/docker-compose.yml` runs PostgreSQL and two replicas.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Any other base works if it has `python` and `pip` on PATH and lets pip install system-wide, like
+# the test's Debian base (tests/image/run.py). PIP_INDEX_URL (each stage) points pip at a mirror.
 
 # -- build: the wheel (migrations and built-in plugins are packaged into it by pyproject.toml) ----
 FROM ${PYTHON_IMAGE} AS build
+ARG PIP_INDEX_URL
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY executor ./executor
@@ -20,6 +23,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # -- run -----------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+ARG PIP_INDEX_URL
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
