@@ -220,11 +220,13 @@ class Statements:
         one column (rows from `columns.commit_rows`, transposed); it returns the ids of the rows it
         wrote, those still leased under the token.
 
-        Written so that PostgreSQL finds each row by its key whatever its statistics say. With
-        the token as one parameter, `lease_token = $n` looked to the planner like one row in the
-        table (nearly every row's token is NULL): it scanned the table for it and joined the arrays
-        to that row, rescanning them once per row, 16-40 ms for 256 rows instead of 3. Hence the
-        token as an array like the rest, and `id = ANY(ids)` to look the rows up by key.
+        Written so that PostgreSQL's custom plan finds each row by its key whatever its statistics
+        say (the store asks for custom plans: a generic plan costed on a small table scans it, see
+        `postgres.SERVER_SETTINGS`). With the token as one parameter, `lease_token = $n` looked to
+        the planner like one row in the table (nearly every row's token is NULL): it scanned the
+        table for it and joined the arrays to that row, rescanning them once per row, 16-40 ms for
+        256 rows instead of 3. Hence the token as an array like the rest, and `id = ANY(ids)` to
+        look the rows up by key.
         """
         shape = (with_state, with_outputs)
         updates: dict[tuple[bool, bool], str] = self._unnest_updates  # type: ignore[attr-defined]
