@@ -97,7 +97,8 @@ async def test_a_generic_plan_costed_on_the_empty_table_scans_it(postgres_url: s
         for number, (name, statement) in enumerate(statements.items()):
             await conn.execute(f"PREPARE s{number} AS {statement}")
             count = await conn.fetchval(
-                "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1", f"s{number}"
+                "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1",
+                f"s{number}",
             )
             # A generic plan does not depend on the values: NULLs will do.
             calls[name] = f"EXPLAIN EXECUTE s{number}" + (f"({', '.join(['NULL'] * count)})" if count else "")
