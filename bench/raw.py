@@ -89,7 +89,14 @@ LEASE_SECONDS = 120.0
 
 
 def _claim_parameters(token: str, now: float, batch_size: int) -> dict[str, Any]:
-    return {"owner": OWNER, "token": token, "lease_ttl": LEASE_SECONDS, "now": now, "limit": batch_size}
+    return {
+        "owner": OWNER,
+        "token": token,
+        "lease_ttl": LEASE_SECONDS,
+        "now": now,
+        "limit": batch_size,
+        "dead_after": LEASE_SECONDS,  # the leases of silent replicas: as the store's default
+    }
 
 
 @dataclass(frozen=True, slots=True)

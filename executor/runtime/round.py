@@ -32,6 +32,12 @@ from executor.settings import Settings
 from executor.store import Store
 from executor.store.quotas import SqlResourceManager
 
+#: Another replica silent for this many heartbeat intervals is taken for dead: the claim takes
+#: its leases without waiting for them to expire. Two and a half: one lost beat is not death, and
+#: a replica killed just after a beat has its work resumed within three intervals (the poll
+#: interval included). Replicas must share `EXECUTOR_HEARTBEAT_INTERVAL` to judge each other.
+DEAD_AFTER_HEARTBEATS = 2.5
+
 
 @dataclass(slots=True)
 class HandledRound:
@@ -84,6 +90,7 @@ class RoundRunner:
             max_phase_versions=settings.max_phase_versions,
         )
         self._lease_ttl = settings.lease_ttl.total_seconds()
+        self._dead_after = DEAD_AFTER_HEARTBEATS * settings.heartbeat_interval.total_seconds()
         # What plugins registered at set-up; the quotas themselves are kept in the store.
         self._resources = resources
         self._quotas = SqlResourceManager(store)
@@ -129,6 +136,7 @@ class RoundRunner:
             limit=self._settings.batch_size,
             lease_ttl=self._lease_ttl,
             now=self._clock(),
+            dead_after=self._dead_after,
         )
         self.last_round_at = self._clock()
         handled = HandledRound(number, token, claimed)

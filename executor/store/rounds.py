@@ -43,11 +43,14 @@ class RoundQueries(StoreBase):
         lease_ttl: float,
         now: float,
         lease_now: float | None = None,
+        dead_after: float | None = None,
     ) -> list[ExecutionRecord]:
         """Lease up to `limit` executions due at `now` to `owner` under `token`, oldest due first.
 
         Leases are stamped and compared on the database's clock, so replicas whose clocks
         disagree still agree on whose lease is live; `lease_now` pins that clock (tests only).
+        The leases of other replicas silent for more than `dead_after` seconds (their last
+        heartbeat; default: `lease_ttl`, when their leases have expired anyway) are taken too.
         """
         params: dict[str, Any] = {
             "owner": owner,
@@ -55,6 +58,7 @@ class RoundQueries(StoreBase):
             "lease_ttl": lease_ttl,
             "now": now,
             "limit": limit,
+            "dead_after": lease_ttl if dead_after is None else dead_after,
         }
         statement = self._claim
         if lease_now is not None:

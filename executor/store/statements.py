@@ -50,6 +50,12 @@ def claim_statement(
     stamped on `lease_now`, the database's clock, with `:lease_ttl` seconds to live. Rows come
     highest priority first, then longest due, in the order of `ix_executions_claimable_priority`.
 
+    A lease is also taken over before it expires when its owner is another replica whose
+    heartbeat (the `replicas` table, on the same clock) is more than `:dead_after` seconds old:
+    a dead replica's work resumes within a few heartbeats, not a whole TTL. The token still
+    fences: a replica that was only slow finds its lease gone and loses its commit. The replicas
+    are a handful of rows, read once per claim (a hashed subplan), so the claim stays O(batch).
+
     `ids_as_array` (PostgreSQL): the picked ids become one array the update looks up by primary
     key. Given `id IN (SELECT ...)`, PostgreSQL planned a hash join against a sequential scan of
     the whole table whenever that looked cheap (every pending row read per claim: half the
@@ -57,7 +63,8 @@ def claim_statement(
     """
     picked = (
         f"SELECT id FROM executions WHERE {claimable} AND {due} "
-        f"AND (lease_expires_at IS NULL OR lease_expires_at < {lease_now}) "
+        f"AND (lease_expires_at IS NULL OR lease_expires_at < {lease_now} OR lease_owner IN ("
+        f"SELECT id FROM replicas WHERE heartbeat_at < {lease_now} - :dead_after AND id <> :owner)) "
         f"ORDER BY priority DESC, next_round_at LIMIT :limit{lock}"
     )
     where = f"id = ANY(ARRAY({picked}))" if ids_as_array else f"id IN ({picked})"
@@ -220,11 +227,13 @@ class Statements:
         one column (rows from `columns.commit_rows`, transposed); it returns the ids of the rows it
         wrote, those still leased under the token.
 
-        Written so that PostgreSQL finds each row by its key whatever its statistics say. With
-        the token as one parameter, `lease_token = $n` looked to the planner like one row in the
-        table (nearly every row's token is NULL): it scanned the table for it and joined the arrays
-        to that row, rescanning them once per row, 16-40 ms for 256 rows instead of 3. Hence the
-        token as an array like the rest, and `id = ANY(ids)` to look the rows up by key.
+        Written so that PostgreSQL's custom plan finds each row by its key whatever its statistics
+        say (the store asks for custom plans: a generic plan costed on a small table scans it, see
+        `postgres.SERVER_SETTINGS`). With the token as one parameter, `lease_token = $n` looked to
+        the planner like one row in the table (nearly every row's token is NULL): it scanned the
+        table for it and joined the arrays to that row, rescanning them once per row, 16-40 ms for
+        256 rows instead of 3. Hence the token as an array like the rest, and `id = ANY(ids)` to
+        look the rows up by key.
         """
         shape = (with_state, with_outputs)
         updates: dict[tuple[bool, bool], str] = self._unnest_updates  # type: ignore[attr-defined]
