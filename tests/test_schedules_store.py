@@ -103,7 +103,6 @@ async def test_replicas_racing_for_every_slot_make_one_execution_each(
         made = await labelled(stores[0], "race")
         assert len(made) == 20
         assert sum(s.fired for s in schedulers) == 20
-        assert sum(s.lost for s in schedulers) > 0, "the replicas did race"
     finally:
         for s in stores:
             await s.close()

@@ -18,7 +18,11 @@ from executor.logging import get_logger
 from executor.schedules.model import ScheduleSpec, plan
 from executor.schedules.service import submission_for
 from executor.store import StoreRefused, StoreUnavailable
-from executor.store.schedules import FireOutcome, ScheduleRow, ScheduleStore
+from executor.store.schedules import Decision, ScheduleRow, ScheduleStore
+
+
+#: Schedule names a log line lists at most.
+LOGGED_NAMES = 20
 
 
 class Scheduler:
@@ -38,9 +42,8 @@ class Scheduler:
         self._clock = clock or self.store.now
         self._log = get_logger(replica=replica_id, part="scheduler")
         self.wakeup = anyio.Event()
-        #: Slots this replica turned into executions, and races it lost, since start.
+        #: Slots this replica turned into executions since start.
         self.fired = 0
-        self.lost = 0
 
     async def run(self) -> None:
         """Rounds until cancelled; a store outage backs off and tries again."""
@@ -61,38 +64,37 @@ class Scheduler:
             self.wakeup = anyio.Event()
 
     async def round(self) -> bool:
-        """Fire every due slot; whether a full batch was due (then another round follows at once)."""
+        """Fire every due slot, a batch per transaction; whether a full batch was due (then
+        another round follows at once)."""
         now = await self._clock()
-        due = await self.store.due(now, self.batch)
-        for row in due:
-            await self.fire(row, now)
-        return len(due) == self.batch
+        fired = await self.store.fire_due(now, self.batch, lambda rows: [self._decide(r, now) for r in rows])
+        if fired.executions:
+            # One line per batch: ten thousand schedules due in one second are not ten thousand lines.
+            made = sum(len(ids) for ids in fired.executions.values())
+            self.fired += made
+            self._log.info(
+                "schedules.fired", executions=made, schedules=sorted(fired.executions)[:LOGGED_NAMES]
+            )
+        if fired.overlapped:
+            self._log.info("schedules.overlap_skipped", schedules=sorted(fired.overlapped)[:LOGGED_NAMES])
+        return fired.schedules == self.batch
 
-    async def fire(self, row: ScheduleRow, now: float) -> FireOutcome:
+    def _decide(self, row: ScheduleRow, now: float) -> Decision:
+        """The slots `row` runs now, under its misfire policy, each submission validated."""
         assert row.next_slot_at is not None
         spec = ScheduleSpec.model_validate(row.spec)
         decided = plan(spec, row.next_slot_at, now)
+        if decided.missed:
+            self._log.info(
+                "schedules.misfired", schedule=spec.name, missed=decided.missed, policy=spec.misfire
+            )
         try:
             slots = [(slot, submission_for(self.client, spec, slot)) for slot in decided.fire]
         except SubmissionError as err:
             # The plugin changed since the schedule was declared: the slot is passed over, loudly.
             self._log.error("schedules.slot_refused", schedule=spec.name, error=str(err))
             slots = []
-        outcome, ids = await self.store.fire(
-            row, decided.next_slot, slots, skip_if_running=spec.overlap == "skip", now=now
-        )
-        if outcome == "fired":
-            self.fired += len(ids)
-            self._log.info("schedules.fired", schedule=spec.name, slots=list(decided.fire), executions=ids)
-        elif outcome == "lost":
-            self.lost += 1
-        elif outcome == "overlap":
-            self._log.info("schedules.overlap_skipped", schedule=spec.name, slots=list(decided.fire))
-        if decided.missed:
-            self._log.info(
-                "schedules.misfired", schedule=spec.name, missed=decided.missed, policy=spec.misfire
-            )
-        return outcome
+        return Decision(row, decided.next_slot, slots, spec.overlap == "skip")
 
     async def _until_next(self) -> float:
         following = await self.store.next_due()
