@@ -63,14 +63,18 @@ async def main(count: int, replicas: int) -> None:
         await conn.execute(insert(schedules), rows)
         await conn.execute(text("ANALYZE schedules"))
         plan = (
-            await conn.execute(
-                text(
-                    "EXPLAIN SELECT * FROM schedules WHERE next_slot_at <= :now "
-                    "ORDER BY next_slot_at LIMIT 500 FOR UPDATE SKIP LOCKED"
-                ),
-                {"now": now},
+            (
+                await conn.execute(
+                    text(
+                        "EXPLAIN SELECT * FROM schedules WHERE next_slot_at <= :now "
+                        "ORDER BY next_slot_at LIMIT 500 FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"now": now},
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     print(f"{count} schedules, every 60 s, all due at the same second; {replicas} schedulers")
     print("due query plan:\n  " + "\n  ".join(plan))
 
@@ -98,7 +102,8 @@ async def main(count: int, replicas: int) -> None:
         group.cancel_scope.cancel()
     async with store.engine.connect() as conn:
         lags = sorted(
-            r[0] for r in (await conn.execute(text(f"SELECT fired_at - slot_at FROM {schedule_slots.name}"))).all()
+            r[0]
+            for r in (await conn.execute(text(f"SELECT fired_at - slot_at FROM {schedule_slots.name}"))).all()
         )
         executions = (await conn.execute(text("SELECT count(*) FROM executions"))).scalar_one()
     quantile = statistics.quantiles(lags, n=100)

@@ -20,7 +20,6 @@ from executor.schedules.service import submission_for
 from executor.store import StoreRefused, StoreUnavailable
 from executor.store.schedules import Decision, ScheduleRow, ScheduleStore
 
-
 #: Schedule names a log line lists at most.
 LOGGED_NAMES = 20
 
