@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from executor.client import Client, SubmissionError, UnknownTaskTypeError
-from executor.schedules.model import ScheduleError
+from executor.schedules.model import ScheduleError, ScheduleSpec
 from executor.schedules.service import Schedules, parse_spec
 from executor.schedules.views import schedule_dict
 
@@ -105,3 +105,60 @@ def _not_found(name: str) -> Exception:
     from executor.http.api import ApiError
 
     return ApiError(404, "not_found", f"no schedule named {name!r}")
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The schedules' part of the OpenAPI document (`executor.http.api.openapi_document`)."""
+    from executor.http.api import _errors
+
+    spec = ScheduleSpec.model_json_schema()
+    shown = {"description": "The schedule (`executor schedule get --json`).", "content": _object()}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def action(operation: str, summary: str, ok: str = "200") -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": operation,
+                "summary": summary,
+                "parameters": [name],
+                "responses": {ok: shown, **_errors(404, 422)},
+            }
+        }
+
+    return {
+        "/schedules": {
+            "post": {
+                "operationId": "addSchedule",
+                "summary": "Declare a schedule (refused with 409 when the name exists)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": spec}}},
+                "responses": {"201": shown, "409": {"description": "A schedule of that name exists."}}
+                | _errors(400, 422),
+            },
+            "get": {
+                "operationId": "listSchedules",
+                "summary": "The schedules, with their next and last slot",
+                "responses": {"200": {"description": "`items`: the schedules.", "content": _object()}},
+            },
+        },
+        "/schedules/{name}": {
+            "get": {
+                "operationId": "getSchedule",
+                "summary": "One schedule, and its latest slots with the executions they made",
+                "parameters": [name],
+                "responses": {"200": shown, **_errors(404)},
+            },
+            "delete": {
+                "operationId": "deleteSchedule",
+                "summary": "Remove a schedule (the executions it made stay)",
+                "parameters": [name],
+                "responses": {"204": {"description": "Deleted."}, **_errors(404)},
+            },
+        },
+        "/schedules/{name}/pause": action("pauseSchedule", "Make no executions until resumed"),
+        "/schedules/{name}/resume": action("resumeSchedule", "Resume from the next slot after now"),
+        "/schedules/{name}/run-now": action("runScheduleNow", "One execution now, outside the slots", "201"),
+    }
+
+
+def _object() -> dict[str, Any]:
+    return {"application/json": {"schema": {"type": "object"}}}

@@ -15,7 +15,7 @@ schedules = Table(
     "schedules",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("name", String(255), nullable=False, unique=True),
+    Column("name", String(255), nullable=False),
     #: The declaration as JSON (`executor.schedules.model.ScheduleSpec`).
     Column("spec", Text, nullable=False),
     #: Where it was declared: code, file, cli, api.
@@ -30,6 +30,7 @@ schedules = Table(
     Column("updated_at", Double, nullable=False),
 )
 Index("ix_schedules_next_slot_at", schedules.c.next_slot_at)
+Index("ix_schedules_name", schedules.c.name, unique=True)
 
 schedule_slots = Table(
     "schedule_slots",

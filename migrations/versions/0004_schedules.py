@@ -30,9 +30,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_schedules"),
-        sa.UniqueConstraint("name", name="uq_schedules_name"),
     )
     op.create_index("ix_schedules_next_slot_at", "schedules", ["next_slot_at"])
+    op.create_index("ix_schedules_name", "schedules", ["name"], unique=True)
     op.create_table(
         "schedule_slots",
         sa.Column("schedule_id", sa.String(36), nullable=False),
@@ -45,5 +45,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("schedule_slots")
+    op.drop_index("ix_schedules_name", table_name="schedules")
     op.drop_index("ix_schedules_next_slot_at", table_name="schedules")
     op.drop_table("schedules")
