@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
+import pydantic
 
 from executor.client import Client, SubmissionError
 from executor.logging import get_logger
@@ -58,6 +59,11 @@ class Scheduler:
                 backoff = min(max(backoff * 2, 0.5), 10.0)
                 self._log.warning("schedules.round_failed", error=str(err), retry_in=backoff)
                 wait = backoff
+            except Exception:
+                # A scheduler's fault must not stop the daemon's executions: logged, retried.
+                backoff = min(max(backoff * 2, 0.5), 10.0)
+                self._log.exception("schedules.round_crashed", retry_in=backoff)
+                wait = backoff
             with anyio.move_on_after(wait):
                 await self.wakeup.wait()
             self.wakeup = anyio.Event()
@@ -81,7 +87,12 @@ class Scheduler:
     def _decide(self, row: ScheduleRow, now: float) -> Decision:
         """The slots `row` runs now, under its misfire policy, each submission validated."""
         assert row.next_slot_at is not None
-        spec = ScheduleSpec.model_validate(row.spec)
+        try:
+            spec = ScheduleSpec.model_validate(row.spec)
+        except pydantic.ValidationError as err:
+            # Stored by another version: it stops (no next slot) rather than fail every round.
+            self._log.error("schedules.unreadable", schedule=row.name, error=str(err))
+            return Decision(row, None, [], False)
         decided = plan(spec, row.next_slot_at, now)
         if decided.missed:
             self._log.info(
