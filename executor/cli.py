@@ -24,6 +24,7 @@ from executor.core import Phase
 from executor.logging import configure_logging
 from executor.plugin.loader import PluginLoadError
 from executor.plugin.registry import PluginRegistryError
+from executor.schedules.model import ScheduleError
 from executor.settings import Settings, SettingsError, load_settings
 from executor.store import AbortResult
 from executor.views import event_dict, execution_dict, replica_dicts
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = _fail(f"plugins: {err}", USAGE)
     except SchemaError as err:
         code = _fail(str(err), REFUSED)
+    except ScheduleError as err:
+        code = _fail(f"schedules: {err}", USAGE)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
@@ -109,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--task-type")
     listing.add_argument("--unfinalized", action="store_true", help="finished but finalize has not succeeded")
     listing.add_argument("--limit", type=_positive, default=50)
+    listing.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="only executions with this label"
+    )
     listing.set_defaults(command=_list)
 
     events = commands.add_parser("events", parents=[as_json], help="the timeline of one execution")
@@ -138,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
         "config", parents=[as_json], help="the effective settings (secrets masked) and where each came from"
     )
     config.set_defaults(command=_config)
+
+    from executor.schedules.commands import add_commands  # `executor schedule ...`
+
+    add_commands(commands, as_json)
     return parser
 
 
@@ -289,9 +299,12 @@ _SECONDS = frozenset({"timeout", "deadline", "backoff_base", "backoff_max"})
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     async def body(client: Client) -> int:
-        records = await client.list_executions(
-            phases=args.phase, task_type=args.task_type, unfinalized=args.unfinalized, limit=args.limit
-        )
+        if args.label:
+            records = await _labelled(client, args)
+        else:
+            records = await client.list_executions(
+                phases=args.phase, task_type=args.task_type, unfinalized=args.unfinalized, limit=args.limit
+            )
         if args.json:
             _print_json([execution_dict(record) for record in records])
             return OK
@@ -306,6 +319,21 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         return OK
 
     return _with_client(settings, body)
+
+
+async def _labelled(client: Client, args: argparse.Namespace) -> list[Any]:
+    """`list --label`: executions carrying every label given (then the other filters)."""
+    from executor.store.schedules import ScheduleStore
+
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    found = await ScheduleStore(client.store).executions_labelled(labels, limit=max(args.limit * 4, 200))
+    phases = set(args.phase)
+    found = [
+        r
+        for r in found
+        if (not phases or r.phase in phases) and (args.task_type is None or r.task_type == args.task_type)
+    ]
+    return found[: args.limit]
 
 
 def _events(args: argparse.Namespace, settings: Settings) -> int:

@@ -59,6 +59,7 @@ async def _run(parts: DaemonParts, started: anyio.Event | None) -> None:
         await group.start(_on_signals, reconciler, group.cancel_scope, settings)
         group.start_soon(store.watch_changes, reconciler.wakeup.set)
         group.start_soon(_heartbeat, store, reconciler, settings)
+        group.start_soon(parts.scheduler.run)
         if parts.http is not None:
             group.start_soon(parts.http.run)
         log.info(

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(1024 * 1024, ge=1)
     #: Apply pending migrations when the daemon starts.
     migrate_on_start: bool = True
+    #: A TOML, JSON or YAML file of schedules the daemon declares at start-up (README: Schedules).
+    schedules_file: Path | None = None
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)
     replica_id: str = Field(default_factory=_default_replica_id)

@@ -30,7 +30,15 @@ from executor.store.tables import metadata
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"executions", "events", "replicas", "resource_quotas", "resource_allocations"}
+TABLES = {
+    "executions",
+    "events",
+    "replicas",
+    "resource_quotas",
+    "resource_allocations",
+    "schedules",
+    "schedule_slots",
+}
 
 
 def _pg_admin(statement: str) -> None:

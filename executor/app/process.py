@@ -21,6 +21,7 @@ from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
 from executor.runtime import Reconciler
+from executor.schedules import Scheduler, declare_at_start
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.migrate import upgrade
@@ -53,6 +54,8 @@ class DaemonParts:
     client: Client
     metrics: Metrics
     reconciler: Reconciler
+    #: Turns due schedule slots into executions; runs on every replica.
+    scheduler: Scheduler
     #: None when EXECUTOR_HTTP_ADDR is empty.
     http: HttpServer | None
 
@@ -75,10 +78,12 @@ async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
 
         metrics = Metrics(replica_id=settings.replica_id)
         client = client_for(settings, store, plugins.resolver)
+        await declare_at_start(client, settings)
+        scheduler = Scheduler(client, replica_id=settings.replica_id)
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
         metrics.watch_calls(reconciler.calls_in_flight)
         http = HttpServer.from_settings(settings, client=client, plugins=plugins, metrics=metrics)
-        parts = DaemonParts(settings, store, resources, plugins, client, metrics, reconciler, http)
+        parts = DaemonParts(settings, store, resources, plugins, client, metrics, reconciler, scheduler, http)
         try:
             yield parts
         finally:

@@ -35,6 +35,8 @@ from executor import __version__
 from executor.client import Client, SubmissionError, UnknownTaskTypeError
 from executor.core import Phase
 from executor.http.metrics import Metrics
+from executor.http.schedules import ScheduleApi
+from executor.http.schedules import openapi_paths as schedule_openapi_paths
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings
 from executor.store import AbortResult
@@ -358,6 +360,7 @@ class Api:
             Route("/stats/phases", self.phase_counts, methods=["GET"]),
             Route("/stats/finished", self.finished, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
+            *ScheduleApi(self.client, PREFIX).routes(),
         ]
 
     # POST /executions
@@ -771,5 +774,6 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "OpenAPI 3.1."}},
                 }
             },
+            **schedule_openapi_paths(),
         },
     }

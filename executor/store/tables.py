@@ -80,3 +80,6 @@ replicas = Table(
     Column("last_round_at", Double),
     Column("in_flight", Integer, nullable=False),
 )
+
+# The schedules' tables live in a module of their own, registered in `metadata` here.
+from executor.store import schedule_tables  # noqa: E402, F401

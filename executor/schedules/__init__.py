@@ -1,0 +1,44 @@
+"""Schedules: work that recurs, each slot submitted exactly once however many replicas run.
+
+`model` is the pure part (what a schedule is, which slots are due); `service` declares and manages
+them for every door; `scheduler` runs in every daemon; `declared` reads code and file declarations.
+"""
+
+from __future__ import annotations
+
+from executor.client import Client, SubmissionError
+from executor.logging import get_logger
+from executor.schedules.declared import declare_schedule, declared_in_code, read_file
+from executor.schedules.model import ScheduleError, ScheduleSpec
+from executor.schedules.scheduler import Scheduler
+from executor.schedules.service import Schedules
+from executor.settings import Settings
+
+__all__ = [
+    "ScheduleError",
+    "ScheduleSpec",
+    "Scheduler",
+    "Schedules",
+    "declare_at_start",
+    "declare_schedule",
+]
+
+
+async def declare_at_start(client: Client, settings: Settings) -> None:
+    """Store the schedules plugin modules declared and those of EXECUTOR_SCHEDULES_FILE.
+
+    A bad declaration stops the start-up with its reason, as a broken plugin does.
+    """
+    specs = declared_in_code()
+    if settings.schedules_file is not None:
+        specs += read_file(settings.schedules_file)
+    schedules = Schedules(client)
+    log = get_logger(replica=settings.replica_id)
+    in_code = {spec.name for spec in declared_in_code()}
+    for spec in specs:
+        try:
+            result = await schedules.declare(spec, "code" if spec.name in in_code else "file")
+        except SubmissionError as err:
+            raise ScheduleError(f"schedule {spec.name!r}: {err}") from None
+        if result != "unchanged":
+            log.info("schedules.declared", schedule=spec.name, result=result)
