@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +22,7 @@ from executor.store import Store
 from executor.store.migrate import upgrade
 
 if TYPE_CHECKING:
+    from tests.test_daemon_process import Daemon
     from tests.webapi_support import JobServer
 
 POSTGRES_URL = os.environ.get("EXECUTOR_TEST_POSTGRES_URL")
@@ -120,3 +122,23 @@ def server() -> Iterator[JobServer]:
         yield job_server
     finally:
         job_server.stop()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Daemon]]:
+    """Starts real `executor run` processes (see `tests/test_daemon_process.Daemon`); any still
+    running when the test ends is killed."""
+    from tests.test_daemon_process import Daemon
+
+    started: list[Daemon] = []
+
+    def start(env: dict[str, str]) -> Daemon:
+        daemon = Daemon(env, tmp_path, tmp_path / f"daemon-{len(started) + 1}.log")
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()

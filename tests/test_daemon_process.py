@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,22 +115,6 @@ class Daemon:
 
     def fail(self, message: str) -> None:
         pytest.fail(f"daemon {message}; its log:\n{self.log.read_text()}")
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(env: dict[str, str]) -> Daemon:
-        daemon = Daemon(env, tmp_path, tmp_path / f"daemon-{len(started) + 1}.log")
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
 
 
 def read_store(database_url: str, execution_id: str) -> tuple[ExecutionRecord, list[EventRecord]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,22 +25,6 @@ from tests.webapi_support import PLUGINS, JobServer
 pytestmark = pytest.mark.process
 
 PROBE = Path(__file__).resolve().parent / "lifecycle_plugins" / "probe.py"
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(env: dict[str, str]) -> Daemon:
-        daemon = Daemon(env, tmp_path, tmp_path / f"daemon-{len(started) + 1}.log")
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
 
 
 @pytest.fixture

@@ -23,10 +23,7 @@ from executor.core.records import ExecutionRecord
 from executor.store import Store
 from executor.store.migrate import upgrade
 from executor.store.schedules import ScheduleStore
-from tests import test_daemon_process
 from tests.test_daemon_process import Daemon, daemon_env, executor, poll
-
-start_daemon = test_daemon_process.start_daemon  # the fixture, shared
 
 pytestmark = pytest.mark.process
 

@@ -16,12 +16,10 @@ from typing import Any
 import pytest
 
 from executor.core import Phase
-from tests import test_daemon_process
 from tests.test_daemon_process import BUILTIN_PLUGINS, Daemon, daemon_env, executor, poll, read_store
 
 pytestmark = pytest.mark.process
 
-start_daemon = test_daemon_process.start_daemon  # the fixture, shared
 
 GATED_PLUGIN = Path(__file__).resolve().parent / "plugins" / "gated.py"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,22 +26,6 @@ pytestmark = pytest.mark.process
 TASK_TYPE = "example-remote-job"
 #: How long a job runs on the service: longer than a kill and a restart (about two seconds).
 JOB_SECONDS = 5.0
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(env: dict[str, str]) -> Daemon:
-        daemon = Daemon(env, tmp_path, tmp_path / f"daemon-{len(started) + 1}.log")
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
 
 
 @pytest.fixture
