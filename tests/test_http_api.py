@@ -254,7 +254,7 @@ INVALID_SUBMISSIONS: list[tuple[dict[str, Any], str, str | None]] = [
     ),
     ({"task_type": "echo", "surprise": True}, "invalid_request", "surprise"),
     ({"inputs": {}}, "invalid_request", "task_type"),
-    ({"task_type": ""}, "invalid_submission", "the task type is empty"),
+    ({"task_type": ""}, "invalid_submission", "task_type must be 1 to 255 characters"),
 ]
 
 
