@@ -381,7 +381,7 @@ async def test_openapi_documents_every_route(served: Served) -> None:
     mount = next(r for r in served.app.routes if isinstance(r, Mount) and r.path == "/api/v1")
     served_ops = {
         (route.path, method.lower())
-        for route in mount.app.app.routes  # type: ignore[attr-defined]
+        for route in mount.app.app.router.routes  # type: ignore[attr-defined]
         if isinstance(route, Route)
         for method in route.methods or ()
         if method != "HEAD"

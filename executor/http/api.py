@@ -30,7 +30,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor import __version__
@@ -440,6 +440,7 @@ class Api:
         self.settings = settings
         self.metrics = metrics
         self.body_timeout = body_timeout
+        self.router = Router(routes=self.routes())
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -459,6 +460,22 @@ class Api:
         if request.method == "POST":
             return await self.submit(request)
         return await self.list_executions(request)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The API as one ASGI app: its routes, every query parameter checked against the
+        operation's (a misspelt filter would otherwise be ignored, and the answer unfiltered)."""
+        request = Request(scope)
+        if scope["type"] == "http":
+            known = _QUERY.get((request.method, _route_path(scope)), frozenset())
+            unknown = sorted(set(request.query_params) - known)
+            if unknown:
+                names = ", ".join(sorted(known)) or "none"
+                raise ApiError(
+                    400,
+                    "invalid_parameter",
+                    f"unknown query parameter {unknown[0]!r}; this operation takes: {names}",
+                )
+        await self.router(scope, receive, send)
 
     # POST /executions
     async def submit(self, request: Request) -> Response:
@@ -504,7 +521,7 @@ class Api:
     # GET /executions
     async def list_executions(self, request: Request) -> Response:
         params = request.query_params
-        phases = [_phase(name) for value in params.getlist("phase") for name in value.split(",") if name]
+        phases = [_phase(name) for value in params.getlist("phase") for name in value.split(",")]
         limit = _int_param(params.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         unfinalized = _bool_param(params.get("unfinalized"), "unfinalized")
         cursor = params.get("cursor")
@@ -629,6 +646,22 @@ class Api:
 
 # -- request helpers --------------------------------------------------------------------------
 
+#: The query parameters each operation takes, by method and path under PREFIX (HEAD as GET).
+_LIST_PARAMS = frozenset({"phase", "task_type", "unfinalized", "limit", "cursor"})
+_QUERY: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/executions"): _LIST_PARAMS,
+    ("HEAD", "/executions"): _LIST_PARAMS,
+    ("GET", "/stats/finished"): frozenset({"minutes"}),
+    ("HEAD", "/stats/finished"): frozenset({"minutes"}),
+}
+
+
+def _route_path(scope: Scope) -> str:
+    """The path under the API's mount point."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
 
 async def _body(request: Request, within: float = BODY_READ_TIMEOUT) -> bytes:
     """The whole body, within `MAX_BODY_BYTES` and `within` seconds (then 413, 408)."""
@@ -701,7 +734,7 @@ def _phase(name: str) -> Phase:
 
 
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)
@@ -715,7 +748,7 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
 
 
 def _bool_param(value: str | None, name: str) -> bool:
-    if value is None or value.lower() in ("", "0", "false", "no"):
+    if value is None or value.lower() in ("0", "false", "no"):
         return False
     if value.lower() in ("1", "true", "yes"):
         return True

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor.client import Client
@@ -72,7 +72,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics_text, methods=["GET"]),
-            Mount(PREFIX, app=BearerAuth(Router(routes=api.routes()), token)),
+            Mount(PREFIX, app=BearerAuth(api, token)),
             *dashboard.routes(),
         ],
         middleware=[Middleware(_SecurityHeaders), Middleware(_ErrorsAsJson)],
