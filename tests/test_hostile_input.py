@@ -441,3 +441,16 @@ async def test_9_the_dashboard_sends_security_headers(served: Served) -> None:
         assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_an_unknown_query_parameter_is_refused_not_ignored(served: Served) -> None:
+    await served.http.post("/api/v1/executions", json={"task_type": "echo"})
+    error = error_of(await served.http.get("/api/v1/executions", params={"phases": "FAILED"}), 400)
+    assert error["message"] == (
+        "unknown query parameter 'phases'; this operation takes: cursor, limit, phase, task_type, unfinalized"
+    )
+    assert (
+        error_of(await served.http.get("/api/v1/plugins", params={"x": "1"}), 400)["code"]
+        == "invalid_parameter"
+    )
+    assert (await served.http.get("/api/v1/executions", params={"phase": "QUEUED"})).status_code == 200

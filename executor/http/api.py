@@ -30,7 +30,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor import __version__
@@ -441,6 +441,14 @@ class Api:
         self.metrics = metrics
         self.body_timeout = body_timeout
         self.router = Router(routes=self.routes())
+        #: The query parameters of each documented operation, by method and path template.
+        self._query = {
+            (method, path): frozenset(
+                p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"
+            )
+            for path, item in openapi_document()["paths"].items()
+            for method, operation in item.items()
+        }
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -462,19 +470,17 @@ class Api:
         return await self.list_executions(request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The API as one ASGI app: its routes, every query parameter checked against the
-        operation's (a misspelt filter would otherwise be ignored, and the answer unfiltered)."""
-        request = Request(scope)
+        """The API as one ASGI app: its routes, every documented operation's query parameters
+        checked against its document (a misspelt filter would otherwise be ignored, and the answer
+        unfiltered). An operation the document does not describe is not checked."""
         if scope["type"] == "http":
-            known = _QUERY.get((request.method, _route_path(scope)), frozenset())
-            unknown = sorted(set(request.query_params) - known)
-            if unknown:
-                names = ", ".join(sorted(known)) or "none"
-                raise ApiError(
-                    400,
-                    "invalid_parameter",
-                    f"unknown query parameter {unknown[0]!r}; this operation takes: {names}",
-                )
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            for route in self.router.routes:
+                if isinstance(route, Route) and route.matches(scope)[0] is Match.FULL:
+                    known = self._query.get((method.lower(), route.path))
+                    if known is not None:
+                        _check_query(Request(scope), known)
+                    break
         await self.router(scope, receive, send)
 
     # POST /executions
@@ -646,21 +652,14 @@ class Api:
 
 # -- request helpers --------------------------------------------------------------------------
 
-#: The query parameters each operation takes, by method and path under PREFIX (HEAD as GET).
-_LIST_PARAMS = frozenset({"phase", "task_type", "unfinalized", "limit", "cursor"})
-_QUERY: dict[tuple[str, str], frozenset[str]] = {
-    ("GET", "/executions"): _LIST_PARAMS,
-    ("HEAD", "/executions"): _LIST_PARAMS,
-    ("GET", "/stats/finished"): frozenset({"minutes"}),
-    ("HEAD", "/stats/finished"): frozenset({"minutes"}),
-}
 
-
-def _route_path(scope: Scope) -> str:
-    """The path under the API's mount point."""
-    path = str(scope.get("path", ""))
-    root = str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
+def _check_query(request: Request, known: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        names = ", ".join(sorted(known)) or "none"
+        raise ApiError(
+            400, "invalid_parameter", f"unknown query parameter {unknown[0]!r}; this operation takes: {names}"
+        )
 
 
 async def _body(request: Request, within: float = BODY_READ_TIMEOUT) -> bytes:
