@@ -8,6 +8,7 @@ stderr as one line starting with `executor:`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -26,8 +27,9 @@ from executor.plugin.loader import PluginLoadError
 from executor.plugin.registry import PluginRegistryError
 from executor.schedules.model import ScheduleError
 from executor.settings import Settings, SettingsError, load_settings
-from executor.store import AbortResult
-from executor.views import event_dict, execution_dict, replica_dicts
+from executor.store import AbortResult, StoreRefused, StoreUnavailable
+from executor.store.base import url_without_password
+from executor.views import event_dict, execution_dict, iso, replica_dicts
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -39,8 +41,13 @@ class CommandError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # Whatever a stored row holds (a lone surrogate, say) is printed escaped, never a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
@@ -56,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = _fail(str(err), REFUSED)
     except ScheduleError as err:
         code = _fail(f"schedules: {err}", USAGE)
+    except StoreRefused as err:
+        code = _fail(str(err), REFUSED)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
@@ -63,12 +72,37 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # stdout at /dev/null so that the interpreter's own flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = OK
+    except Exception as err:
+        # The database not answering, however deep in a task group it surfaced: one line naming
+        # the setting that points at it (exit 2, as for any setting that cannot work); anything
+        # else is a bug, and its traceback is what a report of it needs.
+        if settings is None or not _store_down(err):
+            raise
+        code = _fail(_unreachable(settings, err), USAGE)
     sys.exit(code)
 
 
 def _fail(message: str, code: int) -> int:
     print(f"executor: {message}", file=sys.stderr)
     return code
+
+
+def _store_down(err: BaseException) -> bool:
+    if isinstance(err, BaseExceptionGroup):
+        return all(_store_down(inner) for inner in err.exceptions)
+    return isinstance(err, StoreUnavailable)
+
+
+def _unreachable(settings: Settings, err: BaseException) -> str:
+    while isinstance(err, BaseExceptionGroup):
+        err = err.exceptions[0]
+    cause = err.__cause__ if isinstance(err, StoreUnavailable) and err.__cause__ is not None else err
+    detail = str(cause).strip().splitlines()
+    url = url_without_password(settings.database_url)
+    return (
+        f"the database does not answer (EXECUTOR_DATABASE_URL={url}): "
+        f"{type(cause).__name__}{': ' + detail[0] if detail else ''}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,7 +208,10 @@ def _when(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return datetime.now(UTC) + _duration(text)
+        try:
+            return datetime.now(UTC) + _duration(text)
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{text!r} is too far in the future") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
@@ -299,18 +336,24 @@ _SECONDS = frozenset({"timeout", "deadline", "backoff_base", "backoff_max"})
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     async def body(client: Client) -> int:
-        if args.label:
-            records = await _labelled(client, args)
-        else:
-            records = await client.list_executions(
-                phases=args.phase, task_type=args.task_type, unfinalized=args.unfinalized, limit=args.limit
-            )
+        try:
+            if args.label:
+                records = await _labelled(client, args)
+            else:
+                records = await client.list_executions(
+                    phases=args.phase,
+                    task_type=args.task_type,
+                    unfinalized=args.unfinalized,
+                    limit=args.limit,
+                )
+        except SubmissionError as err:
+            raise CommandError(str(err), USAGE) from None
         if args.json:
             _print_json([execution_dict(record) for record in records])
             return OK
         print(f"{'ID':<38}{'TASK TYPE':<20}{'PHASE':<22}{'ATTEMPT':<9}{'CREATED':<21}REASON")
         for record in records:
-            created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            created = (iso(record.created_at) or "-")[:19].replace("T", " ")
             phase = f"{record.phase.name} v{record.phase_version}"
             print(
                 f"{record.id:<38}{record.task_type[:19]:<20}{phase:<22}{record.attempt:<9}{created:<21}"
@@ -347,7 +390,7 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
         # An ISO time with milliseconds and offset is 29 characters: the columns must be wider.
         print(f"{'#':<4}{'ATTEMPT':<9}{'PHASE':<28}{'AT':<31}{'LASTED':<12}REASON")
         for index, event in enumerate(timeline):
-            at = datetime.fromtimestamp(event.occurred_at, UTC).isoformat(timespec="milliseconds")
+            at = _millis(event.occurred_at)
             following = timeline[index + 1].occurred_at if index + 1 < len(timeline) else None
             lasted = f"{following - event.occurred_at:.3f}s" if following is not None else "-"
             phase = f"{event.phase.name} v{event.phase_version}"
@@ -362,7 +405,10 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
 
 def _abort(args: argparse.Namespace, settings: Settings) -> int:
     async def body(client: Client) -> int:
-        result = await client.abort(args.id, args.reason)
+        try:
+            result = await client.abort(args.id, args.reason)
+        except SubmissionError as err:
+            raise CommandError(f"abort refused: {err}") from None
         if result is AbortResult.NOT_FOUND:
             raise CommandError(f"no execution with id {args.id}")
         message = {
@@ -433,6 +479,14 @@ def _replicas(args: argparse.Namespace, settings: Settings) -> int:
         return OK
 
     return _with_client(settings, body)
+
+
+def _millis(seconds: float) -> str:
+    """A time to the millisecond, or "-" when no calendar holds it."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return "-"
 
 
 def _minute(iso_time: str | None) -> str:

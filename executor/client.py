@@ -19,6 +19,20 @@ from pydantic import ValidationError
 
 from executor.core import Phase, parse_duration
 from executor.core.records import EventRecord, ExecutionRecord
+from executor.limits import (
+    INT32_MIN,
+    MAX_DURATION_SECONDS,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_REASON,
+    int_problem,
+    json_problem,
+    name_problem,
+    text_problem,
+    time_problem,
+)
 from executor.plugin.registry import TaskTypeResolver
 from executor.plugin.task_exec_context import field_errors
 from executor.settings import Settings
@@ -30,14 +44,21 @@ Duration = timedelta | float | str
 
 
 class SubmissionError(ValueError):
-    """A submission refused before anything was stored; the message says why."""
+    """A submission refused before anything was stored; the message says why, and `field` names
+    the option it is about (None when it is about the whole submission)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownTaskTypeError(SubmissionError):
     """No loaded plugin handles the task type; `known` lists those that are handled."""
 
     def __init__(self, task_type: str, known: list[str]) -> None:
-        super().__init__(f"unknown task type {task_type!r}; known task types: {', '.join(known) or 'none'}")
+        super().__init__(
+            f"unknown task type {task_type!r}; known task types: {', '.join(known) or 'none'}", "task_type"
+        )
         self.known = known
 
 
@@ -142,6 +163,11 @@ class Client:
             )
             for s in submissions
         ]
+        for s in submissions:
+            if s.not_before is not None and time_problem(s.not_before) is not None:
+                raise SubmissionError(
+                    f"not_before {time_problem(s.not_before)}, got {s.not_before}", "not_before"
+                )
         checked = [replace(c, not_before=s.not_before) for s, c in zip(submissions, checked, strict=True)]
         return await self.store.submit_many(checked, now=time.time())
 
@@ -160,58 +186,56 @@ class Client:
         backoff_base: Duration | None = None,
         backoff_max: Duration | None = None,
     ) -> Submission:
-        if not task_type:
-            raise SubmissionError("the task type is empty")
+        _check_name("task_type", task_type)
         if self._task_types is not None and self._task_types.plugin_id_for(task_type) is None:
             raise UnknownTaskTypeError(task_type, self._task_types.task_types)
         inputs = {} if inputs is None else inputs
         if not isinstance(inputs, Mapping):
-            raise SubmissionError(f"inputs must be a JSON object, not {type(inputs).__name__}")
+            raise SubmissionError(f"inputs must be a JSON object, not {type(inputs).__name__}", "inputs")
+        # Before any other reader walks them: a model's validation recurses, and so does JSON.
+        problem = json_problem(inputs)
+        if problem is not None:
+            raise SubmissionError(f"inputs cannot be stored: {problem}", "inputs")
         model = self._task_types.input_model_for(task_type) if self._task_types is not None else None
         if model is not None:
             try:
                 inputs = model.model_validate(dict(inputs)).model_dump(mode="json")
             except ValidationError as err:
                 raise SubmissionError(
-                    f"inputs do not fit {model.__name__} for task type {task_type!r}: {field_errors(err)}"
+                    f"inputs do not fit {model.__name__} for task type {task_type!r}: {field_errors(err)}",
+                    "inputs",
                 ) from None
         try:
             encoded = json.dumps(inputs, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as err:
-            raise SubmissionError(f"inputs cannot be stored as JSON: {err}") from None
+        except (TypeError, ValueError, RecursionError) as err:
+            raise SubmissionError(f"inputs cannot be stored as JSON: {err}", "inputs") from None
         size = len(encoded.encode())
         if self._max_payload_bytes is not None and size > self._max_payload_bytes:
             raise SubmissionError(
                 f"inputs are {size} bytes as JSON, over the limit of {self._max_payload_bytes} bytes "
-                "(EXECUTOR_MAX_PAYLOAD_BYTES)"
+                "(EXECUTOR_MAX_PAYLOAD_BYTES)",
+                "inputs",
             )
         timeout_s = _seconds("timeout", timeout, self._default_timeout)
         deadline_s = _seconds("deadline", deadline, self._default_deadline)
         base_s = _seconds("backoff_base", backoff_base, None)
         max_s = _seconds("backoff_max", backoff_max, None)
         if base_s is not None and max_s is not None and base_s > max_s:
-            raise SubmissionError("backoff_base must not exceed backoff_max")
-        if base_s is not None and base_s <= 0:
-            raise SubmissionError("backoff_base must be positive: a zero backoff retries in a tight loop")
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
-            raise SubmissionError("idempotency_key must be 1 to 255 characters")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise SubmissionError(f"priority must be an int, not {type(priority).__name__}")
-        labels = dict(labels or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise SubmissionError("labels must map strings to strings")
+            raise SubmissionError("backoff_base must not exceed backoff_max", "backoff_base")
+        if idempotency_key is not None:
+            _check_name("idempotency_key", idempotency_key)
+        _check_int("priority", priority)
+        labels = _checked_labels(labels)
         attempts = self._default_max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise SubmissionError(f"max_attempts must be at least 1, got {attempts}")
-        if not_before is not None and not_before.tzinfo is None:
-            raise SubmissionError("not_before must be timezone-aware")
+        _check_int("max_attempts", attempts, low=1)
+        when = _timestamp(not_before)
         return Submission(
             task_type=task_type,
             inputs=dict(inputs),
             labels=labels,
             priority=priority,
             max_attempts=attempts,
-            not_before=not_before.timestamp() if not_before is not None else None,
+            not_before=when,
             timeout=timeout_s,
             deadline=deadline_s,
             backoff_base=base_s,
@@ -220,6 +244,10 @@ class Client:
         )
 
     async def get(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution, or None; an id no execution could have (not text the store holds) is
+        simply not found, without asking the database."""
+        if name_problem(execution_id) is not None:
+            return None
         return await self.store.get(execution_id)
 
     async def list_executions(
@@ -229,15 +257,33 @@ class Client:
         task_type: str | None = None,
         unfinalized: bool = False,
         limit: int = 50,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRecord]:
+        """Newest first; `before` (created_at, id) continues after that execution. A filter no
+        execution could match is refused (`SubmissionError` naming it), not sent to the database."""
+        if task_type is not None:
+            _check_name("task_type", task_type)
+        if before is not None:
+            created_at, last_id = before
+            if not math.isfinite(created_at) or name_problem(last_id) is not None:
+                raise SubmissionError("the cursor names no execution", "cursor")
+        _check_int("limit", limit, low=1)
         return await self.store.list_executions(
-            phases=phases, task_type=task_type, unfinalized=unfinalized, limit=limit
+            phases=phases, task_type=task_type, unfinalized=unfinalized, limit=limit, before=before
         )
 
     async def events(self, execution_id: str) -> list[EventRecord]:
+        if name_problem(execution_id) is not None:
+            return []
         return await self.store.events(execution_id)
 
     async def abort(self, execution_id: str, reason: str = "Aborted by user") -> AbortResult:
+        """Ask for an abort; the reason is checked as a submission's text is (`SubmissionError`)."""
+        if not isinstance(reason, str):
+            raise SubmissionError(f"reason must be text, not {type(reason).__name__}", "reason")
+        _check_name("reason", reason, MAX_REASON)
+        if name_problem(execution_id) is not None:
+            return AbortResult.NOT_FOUND
         return await self.store.request_abort(execution_id, reason, now=time.time())
 
 
@@ -249,15 +295,74 @@ def _seconds(name: str, value: Duration | None, default: timedelta | None) -> fl
         try:
             value = parse_duration(value)
         except ValueError as err:
-            raise SubmissionError(f"{name}: {err}") from None
+            raise SubmissionError(f"{name}: {err}", name) from None
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
-        raise SubmissionError(f"{name} must be a positive duration, got {value!r}")
+        raise SubmissionError(f"{name} must be a positive duration, got {value!r}", name)
     try:
         seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     except OverflowError:
         seconds = math.inf
-    if not 0 < seconds < math.inf:
-        raise SubmissionError(f"{name} must be a positive duration, got {seconds:g}s")
+    if not seconds > 0:
+        raise SubmissionError(f"{name} must be a positive duration, got {seconds:g}s", name)
+    if not seconds <= MAX_DURATION_SECONDS:
+        raise SubmissionError(f"{name} must be at most 100 years, got {seconds:g}s", name)
+    return seconds
+
+
+def _check_name(field: str, value: object, limit: int = MAX_NAME) -> None:
+    if not isinstance(value, str):
+        raise SubmissionError(f"{field} must be text, not {type(value).__name__}", field)
+    problem = name_problem(value, limit)
+    if problem is not None:
+        raise SubmissionError(f"{field} {problem}", field)
+
+
+def _check_int(field: str, value: object, *, low: int = INT32_MIN) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SubmissionError(f"{field} must be an int, not {type(value).__name__}", field)
+    problem = int_problem(value, low)
+    if problem is not None:
+        raise SubmissionError(f"{field} {problem}, got {value}", field)
+
+
+def _checked_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Labels bounded in count and size: every reader of an execution reads all of them."""
+    if labels is not None and not isinstance(labels, Mapping):
+        raise SubmissionError(f"labels must map strings to strings, not {type(labels).__name__}", "labels")
+    labels = dict(labels or {})
+    if len(labels) > MAX_LABELS:
+        raise SubmissionError(f"labels: {len(labels)} labels, over the limit of {MAX_LABELS}", "labels")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SubmissionError("labels must map strings to strings", "labels")
+        problem = name_problem(key, MAX_LABEL_KEY)
+        if problem is not None:
+            raise SubmissionError(f"labels: a key {problem}", "labels")
+        problem = text_problem(value) or (
+            f"is {len(value)} characters, over the limit of {MAX_LABEL_VALUE}"
+            if len(value) > MAX_LABEL_VALUE
+            else None
+        )
+        if problem is not None:
+            raise SubmissionError(f"labels: the value of {key!r} {problem}", "labels")
+    return labels
+
+
+def _timestamp(not_before: datetime | None) -> float | None:
+    """Seconds since the epoch of an aware time the views can format back (see `limits.LATEST`)."""
+    if not_before is None:
+        return None
+    if not isinstance(not_before, datetime):
+        raise SubmissionError(f"not_before must be a datetime, not {type(not_before).__name__}", "not_before")
+    if not_before.tzinfo is None:
+        raise SubmissionError("not_before must be timezone-aware", "not_before")
+    try:
+        seconds = not_before.timestamp()
+    except (OverflowError, ValueError):
+        seconds = math.inf
+    problem = time_problem(seconds)
+    if problem is not None:
+        raise SubmissionError(f"not_before {problem}, got {not_before.isoformat()}", "not_before")
     return seconds
 
 

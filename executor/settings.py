@@ -2,6 +2,12 @@
 
 Durations take "5s", "250ms", "1m30s" or a number of seconds. A bad value is reported in one line
 naming the variable (see `SettingsError`), and the daemon exits 2 without touching the store.
+
+Every setting is bounded by what the store and the loop can take: counts that are stored fit a
+32-bit column, names fit their 255-character columns and hold no character the database refuses,
+and durations are positive (a zero interval would spin the loop) and at most a century (so that
+"now + duration" is still a time). A daemon that would start only to fail every round is refused
+before it starts.
 """
 
 from __future__ import annotations
@@ -15,12 +21,25 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import pydantic_settings
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from executor.core import parse_duration
+from executor.limits import INT32_MAX, MAX_DURATION_SECONDS, MAX_NAME, name_problem
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+def _bounded(value: timedelta) -> timedelta:
+    if value.total_seconds() > MAX_DURATION_SECONDS:
+        raise ValueError("must be at most 100 years")
+    return value
+
+
+#: A duration of at most a century (zero and up: see `Positive`).
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_bounded)]
+#: A duration that is an interval something waits for: zero would make a loop spin.
+Positive = Annotated[Duration, Field(gt=timedelta(0))]
+#: A count the store keeps in a 32-bit column, or that sizes a loop's work.
+Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./executor.db"
 
@@ -45,45 +64,45 @@ class Settings(BaseSettings):
     #: Executions claimed per round.
     batch_size: int = Field(256, ge=1, le=100_000)
     #: `handle` calls running at once within a round.
-    max_parallelism: int = Field(256, ge=1)
+    max_parallelism: int = Field(256, ge=1, le=100_000)
     #: A `handle` call running longer is abandoned and counted as a system failure.
-    handle_timeout: Duration = timedelta(seconds=30)
+    handle_timeout: Positive = timedelta(seconds=30)
     #: How long a round waits for its plugin calls before it commits what is ready; a call still
     #: running goes on in the background and a later commit takes its outcome.
     round_budget: Duration = timedelta(milliseconds=5)
     #: Worker threads for the calls of `blocking=True` plugins, all plugins together.
-    blocking_threads: int = Field(40, ge=1)
+    blocking_threads: int = Field(40, ge=1, le=10_000)
     #: Worker processes for the calls of `cpu_bound=True` plugins, all plugins together; started
     #: when first needed.
-    process_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    process_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
     #: Longest sleep between rounds when nothing wakes the loop earlier.
-    poll_interval: Duration = timedelta(seconds=1)
+    poll_interval: Positive = timedelta(seconds=1)
     #: Next round for a plugin that does not say when it wants one.
     default_requeue: Duration = timedelta(seconds=1)
     #: How long a claim stays ours; past it, another replica may take the execution.
-    lease_ttl: Duration = timedelta(seconds=120)
+    lease_ttl: Positive = timedelta(seconds=120)
     #: How often the leases of calls still running are extended (unset: a quarter of the TTL).
-    lease_renew_interval: Duration | None = None
+    lease_renew_interval: Positive | None = None
     #: How often a daemon records that it is alive (`executor replicas`); silent for three of
     #: these, it is shown as gone.
-    heartbeat_interval: Duration = timedelta(seconds=5)
-    max_plugin_state_bytes: int = Field(1024 * 1024, ge=1)
+    heartbeat_interval: Annotated[Duration, Field(ge=timedelta(milliseconds=100))] = timedelta(seconds=5)
+    max_plugin_state_bytes: int = Field(1024 * 1024, ge=1, le=1024**3)
     #: Attempts an execution gets when its submission does not say.
-    default_max_attempts: int = Field(1, ge=1)
+    default_max_attempts: Count = 1
     #: System failures (raises, timeouts, SYSTEM retryable failures) one attempt may have: the one
     #: that reaches this count fails the execution with MaxSystemFailuresExceeded.
-    max_system_failures: int = Field(3, ge=1)
-    retry_backoff_base: Duration = timedelta(seconds=1)
-    retry_backoff_max: Duration = timedelta(minutes=5)
-    max_phase_versions: int = Field(1000, ge=1)
+    max_system_failures: Count = 3
+    retry_backoff_base: Positive = timedelta(seconds=1)
+    retry_backoff_max: Positive = timedelta(minutes=5)
+    max_phase_versions: Count = 1000
     #: How long an attempt may run from its first round when its submission does not say
     #: (unset: no limit); past it the attempt fails `TimeoutExpired` (retryable).
-    default_timeout: Duration | None = None
+    default_timeout: Positive | None = None
     #: How long a whole execution may take from submission when its submission does not say
     #: (unset: no deadline); past it the execution fails `DeadlineExceeded` (permanent).
-    default_deadline: Duration | None = None
+    default_deadline: Positive | None = None
     #: Largest inputs (at submission) and outputs (per round), as JSON bytes.
-    max_payload_bytes: int = Field(1024 * 1024, ge=1)
+    max_payload_bytes: int = Field(1024 * 1024, ge=1, le=1024**3)
     #: Apply pending migrations when the daemon starts.
     migrate_on_start: bool = True
     #: A TOML, JSON or YAML file of schedules the daemon declares at start-up (README: Schedules).
@@ -98,7 +117,7 @@ class Settings(BaseSettings):
     secret_env_prefix: str = "EXECUTOR_SECRET_"
     secrets_dir: Path | None = None
     #: Quota per resource namespace, overriding what plugins register (JSON object).
-    resource_quotas: dict[str, int] = Field(default_factory=dict)
+    resource_quotas: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(default_factory=dict)
     #: Per-plugin configuration, plugin id -> object (JSON), handed to `load_plugin` as
     #: `SetupContext.plugin_config`; e.g. `{"http-job": {"read_rate": 5, "resync_interval": "10s"}}`.
     plugin_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -117,6 +136,24 @@ class Settings(BaseSettings):
         value = value.strip()
         if value:
             parse_http_addr(value)
+        return value
+
+    @pydantic.field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str) -> str:
+        # It is stored as every lease's owner and every heartbeat's key (255-character columns).
+        problem = name_problem(value, MAX_NAME)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @pydantic.field_validator("resource_quotas")
+    @classmethod
+    def _resource_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            problem = name_problem(name, MAX_NAME)
+            if problem is not None:
+                raise ValueError(f"the resource name {name[:40]!r} {problem}")
         return value
 
     @pydantic.field_validator("api_token")
@@ -172,15 +209,34 @@ def load_settings(**overrides: object) -> Settings:
 def _one_line(err: pydantic.ValidationError) -> str:
     problems = []
     for error in err.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if field:
+        loc = [str(part) for part in error["loc"]]
+        message = _message(error)
+        if loc:
             value = error.get("input")
-            shown = f"={value!r}" if isinstance(value, str | int | float) else ""
-            problems.append(f"EXECUTOR_{field.upper()}{shown}: {message}")
+            shown = f"={_clip(value)!r}" if isinstance(value, str | int | float) else ""
+            within = "".join(f"[{part}]" for part in loc[1:])  # a key of a JSON-object setting
+            problems.append(f"EXECUTOR_{loc[0].upper()}{within}{shown}: {message}")
         else:
             problems.append(message)
     return "invalid setting " + "; ".join(problems)
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, with a bound that is a duration said in seconds."""
+    bound = str(next(iter((error.get("ctx") or {}).values()), ""))
+    words = {"greater_than": "more than", "greater_than_equal": "at least", "less_than_equal": "at most"}
+    match = re.fullmatch(r"datetime\.timedelta\((.*)\)", bound)
+    if match and error["type"] in words:
+        # pydantic shows the bound as the timedelta's repr: "datetime.timedelta(microseconds=100000)".
+        parts = dict(part.split("=") for part in match.group(1).split(", ") if "=" in part)
+        seconds = timedelta(**{unit: float(amount) for unit, amount in parts.items()}).total_seconds()
+        return f"must be {words[error['type']]} {seconds:g}s"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _clip(value: object) -> object:
+    """A value short enough for a one-line message."""
+    return value[:60] + "..." if isinstance(value, str) and len(value) > 60 else value
 
 
 def _source_error(err: pydantic_settings.SettingsError) -> str:

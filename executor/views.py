@@ -4,10 +4,16 @@
 alike) print these dictionaries, so a field added here shows in every door at once; the API's
 response models describe the same shapes for its OpenAPI document, and a test holds them together.
 Times are ISO 8601 in UTC; durations are seconds.
+
+Every function here is total: whatever a row holds (a time no calendar formats, a duration that is
+not finite, written before the doors refused such values or by a plugin), it is shown as null
+rather than failing, so that one stored row can never break a read of it, of a page holding it,
+or of the dashboard.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +23,20 @@ from executor.store.replicas import Replica
 
 
 def iso(seconds: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 in UTC; None stays None."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat() if seconds is not None else None
+    """Seconds since the epoch as ISO 8601 in UTC; None, and a time no calendar holds, are None."""
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
+
+
+def finite(value: float | None) -> float | None:
+    """A number JSON can carry: infinities and NaN (which strict JSON has no words for) are None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
@@ -37,13 +55,13 @@ def execution_dict(record: ExecutionRecord) -> dict[str, Any]:
         "outputs": record.outputs,
         "labels": record.labels,
         "priority": record.priority,
-        "timeout": record.timeout,
+        "timeout": finite(record.timeout),
         "deadline": _deadline(record),
         "deadline_at": iso(record.deadline_at),
         "not_before": iso(record.not_before),
         "idempotency_key": record.idempotency_key,
-        "backoff_base": record.backoff_base,
-        "backoff_max": record.backoff_max,
+        "backoff_base": finite(record.backoff_base),
+        "backoff_max": finite(record.backoff_max),
         "rounds": record.rounds,
         "plugin_state_version": record.plugin_state_version,
         "abort_requested": record.abort_requested,
@@ -60,7 +78,7 @@ def _deadline(record: ExecutionRecord) -> float | None:
     """The deadline as submitted: seconds from submission (the store keeps when it falls)."""
     if record.deadline_at is None:
         return None
-    return round(record.deadline_at - record.created_at, 6)
+    return finite(round(record.deadline_at - record.created_at, 6))
 
 
 def event_dict(event: EventRecord) -> dict[str, Any]:
@@ -94,7 +112,7 @@ def replica_dicts(
             pid=r.pid,
             started_at=r.started_at,
             heartbeat_at=r.heartbeat_at,
-            silent_for=round(r.silent_for, 3),
+            silent_for=finite(round(r.silent_for, 3)),
             rounds=r.rounds,
             last_round_at=r.last_round_at,
             in_flight=r.in_flight,

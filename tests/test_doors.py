@@ -138,6 +138,51 @@ CASES = [
         options={"idempotency_key": "k" * 256},
         refused="idempotency_key must be 1 to 255 characters",
     ),
+    # Issue 16: what the store cannot hold is refused at every door, naming the field.
+    Case(
+        "a priority beyond 64 bits",
+        options={"priority": 2**63},
+        refused="priority must be at most 2147483647 (a 32-bit integer), got 9223372036854775808",
+    ),
+    Case(
+        "a priority beyond 32 bits",
+        options={"priority": 2**31},
+        refused="priority must be at most 2147483647 (a 32-bit integer), got 2147483648",
+    ),
+    Case("a priority below 32 bits", options={"priority": -(2**31) - 1}, refused="priority must be at least"),
+    Case(
+        "max_attempts beyond 32 bits", options={"max_attempts": 2**31}, refused="max_attempts must be at most"
+    ),
+    Case(
+        "a not-before no calendar formats in UTC",
+        options={"not_before": "9999-12-31T23:59:59-23:59"},
+        refused="not_before must be between 1970-01-01 and 9000-01-01 (UTC)",
+    ),
+    Case(
+        "a deadline beyond a century",
+        options={"deadline": "1000000h"},
+        refused="deadline must be at most 100 years",
+    ),
+    Case(
+        "inputs nested too deep",
+        inputs=json.loads('{"a":' * 100 + "1" + "}" * 100),
+        refused="inputs cannot be stored: nested more than 64 levels deep",
+    ),
+    Case(
+        "inputs holding a lone surrogate",
+        inputs={"text": "\ud800"},
+        refused="inputs cannot be stored: .text: a string contains a lone surrogate",
+    ),
+    Case(
+        "too many labels",
+        options={"labels": {f"k{i}": "v" for i in range(65)}},
+        refused="labels: 65 labels, over the limit of 64",
+    ),
+    Case(
+        "a label value too long",
+        options={"labels": {"big": "x" * 1025}},
+        refused="labels: the value of 'big' is 1025 characters, over the limit of 1024",
+    ),
 ]
 
 
@@ -275,8 +320,10 @@ async def submit_with_the_api(parts: DaemonParts, case: Case) -> Outcome:
         client=parts.client, plugins=parts.plugins, settings=parts.settings, metrics=parts.metrics
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://executor") as http:
+        # Encoded here, escaped: httpx writes UTF-8, which a lone surrogate cannot be.
+        body = json.dumps(api_body(case, with_key_of(case.options, "api")))
         response = await http.post(
-            "/api/v1/executions", json=api_body(case, with_key_of(case.options, "api"))
+            "/api/v1/executions", content=body, headers={"Content-Type": "application/json"}
         )
     if response.status_code == 201:
         return Outcome(execution_id=response.json()["id"])

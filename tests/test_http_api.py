@@ -258,7 +258,7 @@ INVALID_SUBMISSIONS: list[tuple[dict[str, Any], str, str | None]] = [
     ),
     ({"task_type": "echo", "surprise": True}, "invalid_request", "surprise"),
     ({"inputs": {}}, "invalid_request", "task_type"),
-    ({"task_type": ""}, "invalid_submission", "the task type is empty"),
+    ({"task_type": ""}, "invalid_submission", "task_type must be 1 to 255 characters"),
 ]
 
 
@@ -385,7 +385,7 @@ async def test_openapi_documents_every_route(served: Served) -> None:
     mount = next(r for r in served.app.routes if isinstance(r, Mount) and r.path == "/api/v1")
     served_ops = {
         (route.path, method.lower())
-        for route in mount.app.app.routes  # type: ignore[attr-defined]
+        for route in mount.app.app.router.routes  # type: ignore[attr-defined]
         if isinstance(route, Route)
         for method in route.methods or ()
         if method != "HEAD"

@@ -18,17 +18,19 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor import __version__
@@ -37,6 +39,17 @@ from executor.core import Phase
 from executor.http.metrics import Metrics
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
+from executor.limits import (
+    INT32_MAX,
+    INT32_MIN,
+    MAX_DEPTH,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_REASON,
+    name_problem,
+)
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings
 from executor.store import AbortResult
@@ -50,18 +63,44 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_CHART_MINUTES = 24 * 60
+#: Seconds a client may take to send a request's whole body once its headers are in: a body sent
+#: slowly, or never finished, would otherwise hold its connection (and a worker's read) open.
+BODY_READ_TIMEOUT = 10.0
 
 
 # -- errors -----------------------------------------------------------------------------------
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
+
+
+class Json(JSONResponse):
+    """A JSON response that every stored value can be rendered into.
+
+    Starlette writes UTF-8 without escapes, which a lone surrogate (a string no UTF-8 can carry)
+    makes fail; such a body is written with every non-ASCII character escaped instead, which is
+    JSON all the same. Nothing a caller stored can turn a read into a 500.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def error_response(
@@ -74,7 +113,7 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return Json({"error": body}, status_code=status, headers=headers)
 
 
 # -- request and response models (the OpenAPI document is made from these) --------------------
@@ -90,6 +129,22 @@ def _duration_type(value: object) -> float | str:
     return value
 
 
+_TIME = pydantic.TypeAdapter(datetime)
+
+
+def _time_type(value: object) -> datetime:
+    """An ISO 8601 time, read as a JSON string is (the body is validated after `json.loads`)."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 time, such as 2030-01-01T00:00:00Z")
+    return _TIME.validate_json(json.dumps(value))
+
+
+JsonTime = Annotated[
+    datetime,
+    PlainValidator(_time_type),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
 #: A duration as the CLI and the settings take it: seconds, or text such as "5s".
 JsonDuration = Annotated[
     float | str,
@@ -104,13 +159,40 @@ class SubmitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    task_type: str = Field(description="A task type some loaded plugin handles.")
-    inputs: dict[str, Any] = Field(default_factory=dict, description="The plugin's inputs (a JSON object).")
-    labels: dict[str, str] = Field(default_factory=dict)
-    priority: int = Field(0, description="Higher is claimed first.")
-    max_attempts: int | None = Field(None, description="At least 1. Default: EXECUTOR_DEFAULT_MAX_ATTEMPTS.")
-    not_before: datetime | None = Field(
-        None, description="No round runs before this time (ISO 8601 with a time zone)."
+    # The bounds below are documented here and enforced by the client, in the CLI's words.
+    task_type: str = Field(
+        description="A task type some loaded plugin handles.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_NAME},
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"The plugin's inputs (a JSON object), nested at most {MAX_DEPTH} levels deep, "
+        "within EXECUTOR_MAX_PAYLOAD_BYTES as JSON.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"At most {MAX_LABELS}; keys of 1 to {MAX_LABEL_KEY} characters, values of at most "
+        f"{MAX_LABEL_VALUE}.",
+        json_schema_extra={
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"minLength": 1, "maxLength": MAX_LABEL_KEY},
+            "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+        },
+    )
+    priority: int = Field(
+        0,
+        description="Higher is claimed first; a 32-bit integer.",
+        json_schema_extra={"minimum": INT32_MIN, "maximum": INT32_MAX},
+    )
+    max_attempts: int | None = Field(
+        None,
+        description="At least 1. Default: EXECUTOR_DEFAULT_MAX_ATTEMPTS.",
+        json_schema_extra={"minimum": 1, "maximum": INT32_MAX},
+    )
+    not_before: JsonTime | None = Field(
+        None,
+        description="No round runs before this time (ISO 8601 with a time zone), "
+        "between 1970 and the year 9000.",
     )
     timeout: JsonDuration | None = Field(
         None, description=f"Per attempt, from its first round. {_DURATION} Default: EXECUTOR_DEFAULT_TIMEOUT."
@@ -120,7 +202,9 @@ class SubmitRequest(BaseModel):
         description=f"The whole execution's, from now. {_DURATION} Default: EXECUTOR_DEFAULT_DEADLINE.",
     )
     idempotency_key: str | None = Field(
-        None, description="1 to 255 characters; a repeat with this key returns the first execution's id."
+        None,
+        description="1 to 255 characters; a repeat with this key returns the first execution's id.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_NAME},
     )
     backoff_base: JsonDuration | None = Field(
         None,
@@ -134,7 +218,7 @@ class SubmitRequest(BaseModel):
 class AbortRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field("Aborted by user", min_length=1)
+    reason: str = Field("Aborted by user", min_length=1, json_schema_extra={"maxLength": MAX_REASON})
 
 
 class ErrorDetail(BaseModel):
@@ -335,23 +419,43 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
             raise ValueError
         if not isinstance(execution_id, str):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        if not math.isfinite(created_at) or name_problem(execution_id) is not None:
+            raise ValueError
+    except (ValueError, TypeError, RecursionError, binascii.Error, UnicodeDecodeError):
         raise ApiError(400, "invalid_parameter", "cursor is not one this API handed out") from None
     return float(created_at), execution_id
 
 
 class Api:
-    def __init__(self, client: Client, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        client: Client,
+        plugins: LoadedPlugins,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        body_timeout: float = BODY_READ_TIMEOUT,
+    ) -> None:
         self.client = client
         self.store = client.store
         self.plugins = plugins
         self.settings = settings
         self.metrics = metrics
+        self.body_timeout = body_timeout
+        self.router = Router(routes=self.routes())
+        #: The query parameters of each documented operation, by method and path template.
+        self._query = {
+            (method, path): frozenset(
+                p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"
+            )
+            for path, item in openapi_document()["paths"].items()
+            for method, operation in item.items()
+        }
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/executions", self.submit, methods=["POST"]),
-            Route("/executions", self.list_executions, methods=["GET"]),
+            # One route per path, so that a 405 lists every method the path has in `Allow`.
+            Route("/executions", self.executions, methods=["GET", "POST"]),
             Route("/executions/{id}", self.get_execution, methods=["GET"]),
             Route("/executions/{id}/events", self.events, methods=["GET"]),
             Route("/executions/{id}/abort", self.abort, methods=["POST"]),
@@ -363,17 +467,40 @@ class Api:
             *ScheduleApi(self.client, PREFIX).routes(),
         ]
 
+    async def executions(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.submit(request)
+        return await self.list_executions(request)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The API as one ASGI app: its routes, every documented operation's query parameters
+        checked against its document (a misspelt filter would otherwise be ignored, and the answer
+        unfiltered). An operation the document does not describe is not checked."""
+        if scope["type"] == "http":
+            method = "GET" if scope["method"] == "HEAD" else scope["method"]
+            for route in self.router.routes:
+                if isinstance(route, Route) and route.matches(scope)[0] is Match.FULL:
+                    known = self._query.get((method.lower(), route.path))
+                    if known is not None:
+                        _check_query(Request(scope), known)
+                    break
+        await self.router(scope, receive, send)
+
     # POST /executions
     async def submit(self, request: Request) -> Response:
-        raw = await _body(request)
+        raw = await _body(request, self.body_timeout)
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except RecursionError:
+            raise ApiError(400, "bad_json", "the request body is nested too deeply to read") from None
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
             raise ApiError(400, "bad_json", f"the request body is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", f"the request body must be a JSON object, not {_json_type(data)}")
         try:
-            body = SubmitRequest.model_validate_json(raw)
+            # From the parsed body, not the raw bytes: pydantic's own JSON parser refuses a lone
+            # surrogate escape, which the client refuses in its own words, as for the other doors.
+            body = SubmitRequest.model_validate(data)
         except pydantic.ValidationError as err:
             raise _invalid(err) from None
         try:
@@ -390,13 +517,11 @@ class Api:
                 backoff_base=body.backoff_base,
                 backoff_max=body.backoff_max,
             )
-        except UnknownTaskTypeError as err:
-            raise ApiError(422, "unknown_task_type", str(err), [{"known_task_types": err.known}]) from None
         except SubmissionError as err:
-            raise ApiError(422, "invalid_submission", f"submission refused: {err}") from None
+            raise _refused(err) from None
         record = await self.client.get(execution_id)
         assert record is not None
-        return JSONResponse(
+        return Json(
             {"id": execution_id, "execution": execution_dict(record)},
             status_code=201,
             headers={"Location": f"{PREFIX}/executions/{execution_id}"},
@@ -405,21 +530,24 @@ class Api:
     # GET /executions
     async def list_executions(self, request: Request) -> Response:
         params = request.query_params
-        phases = [_phase(name) for value in params.getlist("phase") for name in value.split(",") if name]
+        phases = [_phase(name) for value in params.getlist("phase") for name in value.split(",")]
         limit = _int_param(params.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         unfinalized = _bool_param(params.get("unfinalized"), "unfinalized")
         cursor = params.get("cursor")
         before = decode_cursor(cursor) if cursor else None
-        records = await self.store.list_executions(
-            phases=phases,
-            task_type=params.get("task_type") or None,
-            unfinalized=unfinalized,
-            limit=limit + 1,
-            before=before,
-        )
+        try:
+            records = await self.client.list_executions(
+                phases=phases,
+                task_type=params.get("task_type") or None,
+                unfinalized=unfinalized,
+                limit=limit + 1,
+                before=before,
+            )
+        except SubmissionError as err:
+            raise ApiError(400, "invalid_parameter", str(err), [{"field": err.field}]) from None
         page, more = records[:limit], len(records) > limit
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
-        return JSONResponse({"items": [execution_dict(r) for r in page], "next_cursor": next_cursor})
+        return Json({"items": [execution_dict(r) for r in page], "next_cursor": next_cursor})
 
     # GET /executions/{id}
     async def get_execution(self, request: Request) -> Response:
@@ -427,7 +555,7 @@ class Api:
         record = await self.client.get(execution_id)
         if record is None:
             raise _not_found(execution_id)
-        return JSONResponse(execution_dict(record))
+        return Json(execution_dict(record))
 
     # GET /executions/{id}/events
     async def events(self, request: Request) -> Response:
@@ -435,12 +563,12 @@ class Api:
         if await self.client.get(execution_id) is None:
             raise _not_found(execution_id)
         timeline = await self.client.events(execution_id)
-        return JSONResponse({"items": [event_dict(event) for event in timeline]})
+        return Json({"items": [event_dict(event) for event in timeline]})
 
     # POST /executions/{id}/abort
     async def abort(self, request: Request) -> Response:
         execution_id = request.path_params["id"]
-        raw = await _body(request)
+        raw = await _body(request, self.body_timeout)
         reason = AbortRequest().reason
         if raw.strip():
             try:
@@ -449,14 +577,17 @@ class Api:
                 if any(e["type"] == "json_invalid" for e in err.errors()):
                     raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
                 raise _invalid(err) from None
-        result = await self.client.abort(execution_id, reason)
+        try:
+            result = await self.client.abort(execution_id, reason)
+        except SubmissionError as err:
+            raise _refused(err) from None
         if result is AbortResult.NOT_FOUND:
             raise _not_found(execution_id)
         if result is AbortResult.ALREADY_FINISHED:
             message = "already finished; nothing to abort"
-            return JSONResponse({"id": execution_id, "result": result.value, "message": message})
+            return Json({"id": execution_id, "result": result.value, "message": message})
         message = "abort requested; the daemon aborts it in its next round"
-        return JSONResponse({"id": execution_id, "result": result.value, "message": message}, status_code=202)
+        return Json({"id": execution_id, "result": result.value, "message": message}, status_code=202)
 
     # GET /plugins
     async def plugins_list(self, request: Request) -> Response:
@@ -469,7 +600,7 @@ class Api:
             }
             for plugin_id in sorted(self.plugins.by_id)
         ]
-        return JSONResponse({"items": items, "task_types": resolver.task_types})
+        return Json({"items": items, "task_types": resolver.task_types})
 
     # GET /replicas
     async def replicas(self, request: Request) -> Response:
@@ -488,12 +619,12 @@ class Api:
                 executions_leased=leases.get(me, 0),
             )
             items.insert(0, mine)
-        return JSONResponse({"items": items})
+        return Json({"items": items})
 
     # GET /stats/phases
     async def phase_counts(self, request: Request) -> Response:
         counts = await self.store.count_by_phase()
-        return JSONResponse(
+        return Json(
             {"counts": {phase.name: counts.get(phase, 0) for phase in Phase}, "total": sum(counts.values())}
         )
 
@@ -509,7 +640,7 @@ class Api:
         for item in await finished_per_minute(self.store, since=first):
             if item.minute in buckets:
                 buckets[item.minute][item.phase.name] += item.count
-        return JSONResponse(
+        return Json(
             {
                 "bucket_seconds": 60,
                 "outcomes": [phase.name for phase in FINAL_PHASES],
@@ -519,26 +650,54 @@ class Api:
 
     # GET /openapi.json
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return Json(openapi_document())
 
 
 # -- request helpers --------------------------------------------------------------------------
 
 
-async def _body(request: Request) -> bytes:
+def _check_query(request: Request, known: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        names = ", ".join(sorted(known)) or "none"
+        raise ApiError(
+            400, "invalid_parameter", f"unknown query parameter {unknown[0]!r}; this operation takes: {names}"
+        )
+
+
+async def _body(request: Request, within: float = BODY_READ_TIMEOUT) -> bytes:
+    """The whole body, within `MAX_BODY_BYTES` and `within` seconds (then 413, 408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _too_large()
-            chunks.append(chunk)
+        with anyio.fail_after(within):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _too_large()
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "bad_request", "the client disconnected before sending the whole body") from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {within:g}s",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
+
+
+def _refused(err: SubmissionError) -> ApiError:
+    """A refusal of the client's, with the field it names (the same words as the CLI's)."""
+    if isinstance(err, UnknownTaskTypeError):
+        return ApiError(
+            422, "unknown_task_type", str(err), [{"field": "task_type", "known_task_types": err.known}]
+        )
+    details = [{"field": err.field, "message": str(err)}] if err.field else None
+    return ApiError(422, "invalid_submission", f"submission refused: {err}", details)
 
 
 def _too_large() -> ApiError:
@@ -577,7 +736,7 @@ def _phase(name: str) -> Phase:
 
 
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)
@@ -591,7 +750,7 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
 
 
 def _bool_param(value: str | None, name: str) -> bool:
-    if value is None or value.lower() in ("", "0", "false", "no"):
+    if value is None or value.lower() in ("0", "false", "no"):
         return False
     if value.lower() in ("1", "true", "yes"):
         return True
@@ -630,6 +789,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed request: bad JSON, a body that is not an object, a bad query parameter.",
         401: "Missing or wrong bearer token (only when EXECUTOR_API_TOKEN is set).",
         404: "No execution with that id.",
+        408: "The request body did not arrive in time.",
         413: "Request body too large.",
         422: "Refused: invalid fields, unknown task type, invalid inputs. Nothing was stored.",
         503: "The database does not answer.",
@@ -673,7 +833,10 @@ def openapi_document() -> dict[str, Any]:
                         "required": True,
                         "content": {"application/json": {"schema": _ref(SubmitRequest)}},
                     },
-                    "responses": {"201": _json(SubmitResponse, "Stored, QUEUED."), **_errors(400, 413, 422)},
+                    "responses": {
+                        "201": _json(SubmitResponse, "Stored, QUEUED."),
+                        **_errors(400, 408, 413, 422),
+                    },
                 },
                 "get": {
                     "operationId": "listExecutions",
@@ -728,7 +891,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "202": _json(AbortResponse, "Requested; the next round carries it out."),
                         "200": _json(AbortResponse, "Already finished: nothing to do."),
-                        **_errors(400, 404, 422),
+                        **_errors(400, 404, 408, 413, 422),
                     },
                 }
             },
@@ -736,21 +899,21 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listPlugins",
                     "summary": "The plugins this replica loaded and the task types they handle",
-                    "responses": {"200": _json(PluginList, "Plugins.")},
+                    "responses": {"200": _json(PluginList, "Plugins."), **_errors()},
                 }
             },
             "/replicas": {
                 "get": {
                     "operationId": "listReplicas",
                     "summary": "Live replicas, from their heartbeats, and any other replica holding a lease",
-                    "responses": {"200": _json(ReplicaList, "Replicas.")},
+                    "responses": {"200": _json(ReplicaList, "Replicas."), **_errors()},
                 }
             },
             "/stats/phases": {
                 "get": {
                     "operationId": "countByPhase",
                     "summary": "How many executions are in each phase",
-                    "responses": {"200": _json(PhaseCounts, "Counts.")},
+                    "responses": {"200": _json(PhaseCounts, "Counts."), **_errors()},
                 }
             },
             "/stats/finished": {
@@ -771,7 +934,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "openapi",
                     "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1."}},
+                    "responses": {"200": {"description": "OpenAPI 3.1."}, **_errors()},
                 }
             },
             **schedule_openapi_paths(),

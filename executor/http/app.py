@@ -24,12 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from executor.client import Client
 from executor.http import dashboard, health
-from executor.http.api import PREFIX, Api, ApiError, BearerAuth, error_response
+from executor.http.api import BODY_READ_TIMEOUT, PREFIX, Api, ApiError, BearerAuth, error_response
 from executor.http.metrics import Metrics
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
@@ -37,14 +37,22 @@ from executor.settings import Settings, SettingsError, parse_http_addr
 from executor.store import StoreRefused, StoreUnavailable
 
 
-def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, metrics: Metrics) -> Starlette:
+def create_app(
+    *,
+    client: Client,
+    plugins: LoadedPlugins,
+    settings: Settings,
+    metrics: Metrics,
+    body_timeout: float = BODY_READ_TIMEOUT,
+) -> Starlette:
     """The whole HTTP surface: probes, metrics, `/api/v1` behind the token, and the dashboard.
 
     Its parts come from the composition root (`executor.app`): `client` is the one every door
-    submits through, over the daemon's store.
+    submits through, over the daemon's store. `body_timeout` bounds how long a request's body may
+    take to arrive.
     """
     store = client.store
-    api = Api(client, plugins, settings, metrics)
+    api = Api(client, plugins, settings, metrics, body_timeout=body_timeout)
     token = settings.api_token.get_secret_value() if settings.api_token else None
 
     async def healthz(request: Request) -> Response:
@@ -52,7 +60,7 @@ def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, me
         return JSONResponse(verdict.body, status_code=200 if verdict.ok else 503)
 
     async def readyz(request: Request) -> Response:
-        verdict = await health.readiness(store, plugins)
+        verdict = await health.readiness(store, plugins, metrics, settings)
         return JSONResponse(verdict.body, status_code=200 if verdict.ok else 503)
 
     async def metrics_text(request: Request) -> Response:
@@ -64,10 +72,10 @@ def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, me
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics_text, methods=["GET"]),
-            Mount(PREFIX, app=BearerAuth(Router(routes=api.routes()), token)),
+            Mount(PREFIX, app=BearerAuth(api, token)),
             *dashboard.routes(),
         ],
-        middleware=[Middleware(_ErrorsAsJson)],
+        middleware=[Middleware(_SecurityHeaders), Middleware(_ErrorsAsJson)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -80,7 +88,7 @@ def create_app(*, client: Client, plugins: LoadedPlugins, settings: Settings, me
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -107,6 +115,41 @@ async def _store_refused(request: Request, exc: Exception) -> Response:
     """A value the database would not store (out of its range, a character it cannot hold): the
     request's fault, and nothing was stored."""
     return error_response(422, "refused_by_store", str(exc))
+
+
+#: Sent with every response. The dashboard loads only its own script and style sheet and talks only
+#: to this server, so the policy allows nothing else; no page of this server may be framed.
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class _SecurityHeaders:
+    """Adds `SECURITY_HEADERS` to every HTTP response (the dashboard's, the API's, the probes')."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class _ErrorsAsJson:
@@ -217,6 +260,8 @@ class HttpServer:
         config.accesslog = None
         config.errorlog = _hypercorn_logger()
         config.graceful_timeout = self.graceful_timeout
+        # Idle reads are bounded too (the API bounds a body's whole read: BODY_READ_TIMEOUT).
+        config.read_timeout = int(BODY_READ_TIMEOUT) * 2
         stopping = anyio.Event()
         shield = anyio.CancelScope(shield=True)
 

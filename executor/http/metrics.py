@@ -57,6 +57,9 @@ class Metrics:
         self.last_heartbeat = clock()
         self.last_round_at: float | None = None
         self.rounds = 0
+        #: Rounds failed on store errors since the last round that completed, and since when.
+        self.failed_rounds = 0
+        self.failing_since: float | None = None
         self.started_at = clock()
         self._log = get_logger(replica=replica_id)
         self._lag_logged_at = 0.0
@@ -163,6 +166,8 @@ class Metrics:
         now = self.clock()
         self.rounds += 1
         self.last_heartbeat = self.last_round_at = now
+        self.failed_rounds = 0
+        self.failing_since = None
         self.rounds_total.inc()
         self.round_seconds.observe(seconds)
         self.claimed.inc(stats.claimed)
@@ -185,6 +190,9 @@ class Metrics:
 
     def store_error(self) -> None:
         self.last_heartbeat = self.clock()
+        self.failed_rounds += 1
+        if self.failing_since is None:
+            self.failing_since = self.last_heartbeat
         self.store_errors.inc()
 
     # -- scrape -------------------------------------------------------------------------------
