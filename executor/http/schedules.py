@@ -137,7 +137,8 @@ def openapi_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listSchedules",
                 "summary": "The schedules, with their next and last slot",
-                "responses": {"200": {"description": "`items`: the schedules.", "content": _object()}},
+                "responses": {"200": {"description": "`items`: the schedules.", "content": _object()}}
+                | _errors(),
             },
         },
         "/schedules/{name}": {
