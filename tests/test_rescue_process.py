@@ -16,11 +16,11 @@ import pytest
 
 from executor.core import Phase
 from tests.test_daemon_process import Daemon, daemon_env, read_store
-from tests.test_stragglers_process import Gate, is_finalized, plugins_dir, start_daemon, submit, wait_until
+from tests.test_stragglers_process import Gate, is_finalized, plugins_dir, submit, wait_until
 
 pytestmark = pytest.mark.process
 
-__all__ = ["plugins_dir", "start_daemon"]  # fixtures, shared
+__all__ = ["plugins_dir"]  # a fixture, shared
 
 HEARTBEAT = 1.0
 
