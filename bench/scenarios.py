@@ -338,33 +338,41 @@ async def latency(ctx: Context) -> None:
     scenario = f"{S6}, up to {sizes.latency_samples} samples a run"
     for backend in ctx.backends:
         store = backend.label
-        for number in range(1, sizes.runs + 1):
-            name = "latency"
-            await backend.create(name)
-            log = ctx.workdir / f"daemon-latency-{backend.label}.log"
-            process = daemon.DaemonProcess(
-                backend.url(name), ctx.plugins_dir, sizes.batch_size, log, sizes.daemon_poll_interval
-            )
-            try:
-                samples = await _latency_samples(ctx, backend.url(name), process)
-            finally:
-                process.stop()
-                await backend.drop(name)
-            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-            for metric, value in (("p50", p50), ("p99", p99)):
-                ctx.report.measurement(
-                    scenario, store, DAEMON, metric, "ms", higher_is_better=False
-                ).values.append(1000 * value)
-            ctx.report.measurement(scenario, store, DAEMON, "samples", "samples").values.append(len(samples))
-            ctx.progress(
-                f"{store}: latency run {number}/{sizes.runs}: "
-                f"p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms "
-                f"({len(samples)} samples)"
-            )
+        await latency_runs(ctx, backend, scenario, "latency", _latency_samples)
         p50m = ctx.report.measurement(scenario, store, DAEMON, "p50", "ms")
         p99m = ctx.report.measurement(scenario, store, DAEMON, "p99", "ms")
         ctx.report.target(f"S6 {store}: latency p50 < 20 ms", p50m.median, 20.0, at_least=False, unit="ms")
         ctx.report.target(f"S6 {store}: latency p99 < 100 ms", p99m.median, 100.0, at_least=False, unit="ms")
+
+
+Sampler = Callable[[Context, str, daemon.DaemonProcess], Awaitable[list[float]]]
+
+
+async def latency_runs(ctx: Context, backend: Backend, scenario: str, label: str, sample: Sampler) -> None:
+    """Each run: a fresh database and the daemon as its own process, `sample` timing submissions
+    from submit to first `handle`; each run's p50, p99 and number of samples are recorded."""
+    store = backend.label
+    for number in range(1, ctx.sizes.runs + 1):
+        await backend.create(label)
+        log = ctx.workdir / f"daemon-{label}-{store}.log"
+        process = daemon.DaemonProcess(
+            backend.url(label), ctx.plugins_dir, ctx.sizes.batch_size, log, ctx.sizes.daemon_poll_interval
+        )
+        try:
+            samples = await sample(ctx, backend.url(label), process)
+        finally:
+            process.stop()
+            await backend.drop(label)
+        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+        for metric, value in (("p50", p50), ("p99", p99)):
+            ctx.report.measurement(
+                scenario, store, DAEMON, metric, "ms", higher_is_better=False
+            ).values.append(1000 * value)
+        ctx.report.measurement(scenario, store, DAEMON, "samples", "samples").values.append(len(samples))
+        ctx.progress(
+            f"{store}: {label} run {number}/{ctx.sizes.runs}: "
+            f"p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms ({len(samples)} samples)"
+        )
 
 
 async def _latency_samples(ctx: Context, url: str, process: daemon.DaemonProcess) -> list[float]:

@@ -15,8 +15,7 @@ import time
 
 from bench import daemon
 from bench.databases import Backend, PostgresBackend, submit
-from bench.harness import percentile
-from bench.scenarios import DAEMON, EXEC_PER_S, Context, _one_latency
+from bench.scenarios import DAEMON, EXEC_PER_S, Context, _one_latency, latency_runs
 from executor.client import Client
 from executor.store import Store, Submission
 
@@ -91,28 +90,7 @@ async def pickup(ctx: Context) -> None:
     scenario = f"{S9}, {sizes.busy_seconds:g}s each, stream for {sizes.pickup_seconds:g}s"
     for backend in ctx.backends:
         store = backend.label
-        for number in range(1, sizes.runs + 1):
-            name = "pickup"
-            await backend.create(name)
-            log = ctx.workdir / f"daemon-pickup-{backend.label}.log"
-            process = daemon.DaemonProcess(
-                backend.url(name), ctx.plugins_dir, sizes.batch_size, log, sizes.daemon_poll_interval
-            )
-            try:
-                samples = await _pickup_samples(ctx, backend.url(name), process)
-            finally:
-                process.stop()
-                await backend.drop(name)
-            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-            for metric, value in (("p50", p50), ("p99", p99)):
-                ctx.report.measurement(
-                    scenario, store, DAEMON, metric, "ms", higher_is_better=False
-                ).values.append(1000 * value)
-            ctx.report.measurement(scenario, store, DAEMON, "samples", "samples").values.append(len(samples))
-            ctx.progress(
-                f"{store}: pickup run {number}/{sizes.runs}: p50 {1000 * p50:.1f} ms, "
-                f"p99 {1000 * p99:.1f} ms ({len(samples)} samples)"
-            )
+        await latency_runs(ctx, backend, scenario, "pickup", _pickup_samples)
         p99m = ctx.report.measurement(scenario, store, DAEMON, "p99", "ms")
         ctx.report.target(
             f"S9 {store}: pickup p99 under load < 50 ms", p99m.median, 50.0, at_least=False, unit="ms"
