@@ -190,7 +190,7 @@ def _results(report: Report) -> list[str]:
     out: list[str] = []
     add = out.append
     add("")
-    add("## Targets (issue 5)")
+    add("## Targets")
     add("")
     add("| target | figure | threshold | met |")
     add("|---|---:|---:|---|")
