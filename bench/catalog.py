@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import scenarios, stragglers
+from bench import scenarios, schedules, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     **scenarios.SCENARIOS,
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
+    "schedules": schedules.schedules_scenario,
 }
