@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,16 @@ STUBBORN = (
     "print('stubborn', flush=True)\n"
     "time.sleep(600)\n"
 )
+
+
+@pytest.fixture(autouse=True)
+def no_command_left_behind(tmp_path: Path) -> Iterator[None]:
+    """Whatever a failing test left running is killed: every group a daemon started here."""
+    yield
+    for record in (tmp_path / "logs").glob("*/*/process.json"):
+        pid = json.loads(record.read_text())["pid"]
+        if alive(pid):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def shell_config(tmp_path: Path, **extra: Any) -> str:
