@@ -22,7 +22,6 @@ Linux only (`/proc`); the daemon's images are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -169,9 +168,11 @@ async def terminate(
             return False
         await asyncio.sleep(interval)
     killed = signal_group(handle, signal.SIGKILL)
-    if popen is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(popen.wait, 5)
+    settle = time.monotonic() + 5  # a KILL is delivered asynchronously: see it land (and reap)
+    while is_running(handle) and time.monotonic() < settle:
+        _reap(popen)
+        await asyncio.sleep(interval)
+    _reap(popen)
     return killed
 
 
