@@ -25,7 +25,7 @@ from executor.core.records import ExecutionRecord
 from tests.http_support import free_port
 from tests.test_daemon_process import Daemon, daemon_env, executor, poll, read_store
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 #: Prints its first argument, waits until the file named by the second exists, exits with the third.
 WAIT_THEN_EXIT = (
@@ -147,6 +147,14 @@ def test_declared_commands_run_with_outputs_logs_and_limits(
     fail = submit(env, tmp_path, {"command": "fail"})
     where = submit(env, tmp_path, {"command": "where"})
     slow = submit(env, tmp_path, {"command": "slow"})
+    # The execution's own timeout (not the command's): finalize terminates the group.
+    outlived = submit(
+        env,
+        tmp_path,
+        {"command": "wait", "params": {"label": "t", "gate": str(tmp_path / "never")}},
+        "--timeout",
+        "2s",
+    )
     pids = tmp_path / "stubborn.pids"
     stubborn = submit(env, tmp_path, {"command": "stubborn", "params": {"pids": str(pids)}})
 
@@ -180,6 +188,15 @@ def test_declared_commands_run_with_outputs_logs_and_limits(
     assert "TimeoutExpired: " in error.message and "slow" in error.message, error
     slow_pid = json.loads(record.plugin_state or "{}")["process"]["pid"]
     poll("the timed-out command to be gone", lambda: True if not alive(slow_pid) else None, 10)
+
+    record = finished(sqlite_url, outlived)
+    assert record.phase is Phase.PERMANENT_FAILURE and record.error is not None
+    outlived_pid = json.loads(record.plugin_state or "{}")["process"]["pid"]
+    poll(
+        "the command that outlived its execution to be gone",
+        lambda: True if not alive(outlived_pid) else None,
+        10,
+    )
 
     # Abort: TERM is ignored by the command, so KILL follows after the grace; its grandchild too.
     running_pid(sqlite_url, stubborn)
