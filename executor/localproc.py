@@ -182,7 +182,7 @@ def _reap(popen: subprocess.Popen[bytes] | None) -> None:
 
 
 def tail(path: str | Path, max_bytes: int) -> str:
-    """The last `max_bytes` of a log file as text (a cut character is replaced, not an error)."""
+    """The last `max_bytes` of a log file as text, fit for the store (see below)."""
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
@@ -191,4 +191,5 @@ def tail(path: str | Path, max_bytes: int) -> str:
             data = log.read()
     except OSError:
         return ""
-    return data.decode("utf-8", errors="replace")
+    # A cut or invalid character becomes U+FFFD, and so does NUL: PostgreSQL stores no NUL in text.
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")

@@ -132,6 +132,7 @@ class RayJobPlugin(AsyncPlugin[RayJobMeta, Job]):
         if str(job.get("status")) in FINISHED:
             logs = await self._request("GET", f"{path}/logs")
             text = str(logs.json().get("logs", "")) if logs.is_success else ""
+            text = text.replace("\x00", "\ufffd")  # PostgreSQL stores no NUL in text
             job["output_tail"] = text[-self.config.tail_bytes :] if self.config.tail_bytes else ""
         return job
 

@@ -53,6 +53,8 @@ def test_the_exit_status_and_output_are_recorded(tmp_path: Path) -> None:
     assert exit_status(handle) == 5
     assert tail(handle.log_file, 100) == "out\nerr\n"
     assert tail(handle.log_file, 4) == "err\n"
+    Path(handle.log_file).write_bytes(b"a\x00b\xff")
+    assert tail(handle.log_file, 100) == "a\ufffdb\ufffd"
     wait_for("the wrapper to end", lambda: not is_running(handle))
 
 
