@@ -186,9 +186,11 @@ class ShellPlugin(Plugin):
         #: The wrappers this daemon started, by log path: reaped as they end.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping: set[str] = set()
+        self._reaped_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, tctx: TaskExecutionContext) -> Transition:
+        self._reap()
         _, state = tctx.plugin_state_reader.get(ShellState)
         if state.process is None:
             return await self._launch(tctx)
@@ -209,6 +211,17 @@ class ShellPlugin(Plugin):
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()
+
+    def _reap(self) -> None:
+        """Reap the wrappers that ended, at most once a second: also those whose execution another
+        replica follows now, which would otherwise stay zombies of this daemon."""
+        now = time.monotonic()
+        if now - self._reaped_at < 1.0:
+            return
+        self._reaped_at = now
+        for key, popen in list(self._children.items()):
+            if popen.poll() is not None:
+                del self._children[key]
 
     # -- steps -----------------------------------------------------------------------------------
 
