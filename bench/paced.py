@@ -25,7 +25,7 @@ from executor.store import Store
 
 STAMP = "bench-stamp"
 #: Submissions in flight at once at most: a stalled store shows as latency, not as unbounded tasks.
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -36,11 +36,19 @@ class Sample:
     latency: float
 
 
-async def paced_samples(
-    url: str, process: daemon.DaemonProcess, *, rate: float, seconds: float
-) -> list[Sample]:
+@dataclass(slots=True)
+class PacedRun:
+    #: Each submission's latency and when it was made, in submission order.
+    samples: list[Sample]
+    #: How long each `submit` call took (the submitter's own share of the latency).
+    submit_seconds: list[float]
+    #: Submissions a second actually offered (below `rate` when the submitter could not keep up).
+    offered_rate: float
+
+
+async def paced_samples(url: str, process: daemon.DaemonProcess, *, rate: float, seconds: float) -> PacedRun:
     """Offer `rate` submissions a second for `seconds`, wait until all are handled, and return each
-    one's latency with when it was submitted (ordered by that)."""
+    one's latency with when it was submitted, and what the submitter managed."""
     client = Client(Store.from_url(url))
     try:
         warm_up = await client.submit(STAMP)  # the process has started and its connections are open
@@ -49,10 +57,14 @@ async def paced_samples(
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: list[asyncio.Task[str]] = []
 
+        submit_seconds: list[float] = []
+
         async def submit() -> str:
+            began = time.perf_counter()
             try:
                 return await client.submit(STAMP)
             finally:
+                submit_seconds.append(time.perf_counter() - began)
                 slots.release()
 
         started = time.monotonic()
@@ -77,7 +89,9 @@ async def paced_samples(
     if len(stamped) != count:
         raise RuntimeError(f"{len(stamped)} of {count} paced submissions were stamped")
     first = min(created for created, _ in stamped)
-    return sorted(Sample(created - first, handled - created) for created, handled in stamped)
+    samples = sorted(Sample(created - first, handled - created) for created, handled in stamped)
+    span = samples[-1].offset
+    return PacedRun(samples, submit_seconds, (len(samples) - 1) / span if span > 0 else float(rate))
 
 
 async def _handled(client: Client, process: daemon.DaemonProcess, count: int, *, limit: float) -> None:
