@@ -35,4 +35,3 @@ def test_a_busy_loop_is_time_on_a_cpu() -> None:
     spent = measure(burn)
     assert spent.cpu >= 0.05
     assert spent.held >= spent.cpu  # time on a CPU is never taken for waiting
-
