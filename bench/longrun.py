@@ -53,9 +53,11 @@ async def long_run(ctx: Context) -> None:
             report.measurement(
                 scenario, store, f"{DAEMON}, {end} window", metric, "ms", higher_is_better=False
             ).values.append(1000 * percentile(latencies, fraction))
-    report.measurement(
-        scenario, store, "submitter (Python client)", "offered", "submissions/s"
-    ).values.append(run.offered_rate)
+    submitter = "submitter (Python client)"
+    report.measurement(scenario, store, submitter, "offered", "submissions/s").values.append(run.offered_rate)
+    report.measurement(scenario, store, submitter, "submit p50", "ms", higher_is_better=False).values.append(
+        1000 * percentile(run.submit_seconds, 0.5)
+    )
     for metric in ("p50", "p99"):
         last = report.measurement(scenario, store, f"{DAEMON}, last window", metric, "ms")
         first = report.measurement(scenario, store, f"{DAEMON}, first window", metric, "ms")
