@@ -34,6 +34,10 @@ class Sample:
     offset: float
     #: Submit (the record's `created_at`) to the first `handle`, in seconds.
     latency: float
+    #: From the moment `submit` returned (its commit acknowledged) to the first `handle`: the
+    #: daemon's own share, less whatever the submitter took to hear of its commit (negative when
+    #: the daemon was quicker than that).
+    after_return: float
 
 
 @dataclass(slots=True)
@@ -58,11 +62,14 @@ async def paced_samples(url: str, process: daemon.DaemonProcess, *, rate: float,
         tasks: list[asyncio.Task[str]] = []
 
         submit_seconds: list[float] = []
+        returned_at: dict[str, float] = {}
 
         async def submit() -> str:
             began = time.perf_counter()
             try:
-                return await client.submit(STAMP)
+                execution_id = await client.submit(STAMP)
+                returned_at[execution_id] = time.time()
+                return execution_id
             finally:
                 submit_seconds.append(time.perf_counter() - began)
                 slots.release()
@@ -82,14 +89,17 @@ async def paced_samples(url: str, process: daemon.DaemonProcess, *, rate: float,
     finally:
         await client.close()
     stamped = [
-        (record.created_at, float(record.outputs["handled_at"]))
+        (record.created_at, float(record.outputs["handled_at"]), returned_at[record.id])
         for record in records
         if record.id != warm_up and record.outputs is not None
     ]
     if len(stamped) != count:
         raise RuntimeError(f"{len(stamped)} of {count} paced submissions were stamped")
-    first = min(created for created, _ in stamped)
-    samples = sorted(Sample(created - first, handled - created) for created, handled in stamped)
+    first = min(created for created, _, _ in stamped)
+    samples = sorted(
+        Sample(created - first, handled - created, handled - returned)
+        for created, handled, returned in stamped
+    )
     span = samples[-1].offset
     return PacedRun(samples, submit_seconds, (len(samples) - 1) / span if span > 0 else float(rate))
 

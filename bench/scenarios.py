@@ -383,6 +383,12 @@ def _paced_sampler(scenario: str, store: str) -> Sampler:
         report.measurement(scenario, store, submitter, "offered", "submissions/s").values.append(
             run.offered_rate
         )
+        # The daemon's share without the submitter's commit: from `submit` returning to `handle`.
+        after = [s.after_return for s in run.samples]
+        for metric, fraction in (("p50 after submit returned", 0.5), ("p99 after submit returned", 0.99)):
+            report.measurement(scenario, store, DAEMON, metric, "ms", higher_is_better=False).values.append(
+                1000 * percentile(after, fraction)
+            )
         return [s.latency for s in run.samples]
 
     return sample
