@@ -535,6 +535,7 @@ class Api:
         unfinalized = _bool_param(params.get("unfinalized"), "unfinalized")
         cursor = params.get("cursor")
         before = decode_cursor(cursor) if cursor else None
+        labels = label_params(params.getlist("label"))
         try:
             records = await self.client.list_executions(
                 phases=phases,
@@ -542,6 +543,7 @@ class Api:
                 unfinalized=unfinalized,
                 limit=limit + 1,
                 before=before,
+                labels=labels,
             )
         except SubmissionError as err:
             raise ApiError(400, "invalid_parameter", str(err), [{"field": err.field}]) from None
@@ -735,6 +737,20 @@ def _phase(name: str) -> Phase:
         raise ApiError(400, "invalid_parameter", f"unknown phase {name!r}; phases: {phases}") from None
 
 
+def label_params(values: list[str]) -> dict[str, str]:
+    """`label=KEY=VALUE` parameters (repeated) as the labels an execution must carry, as the CLI's
+    `--label KEY=VALUE`."""
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ApiError(
+                400, "invalid_parameter", f"label {item!r} is not KEY=VALUE", [{"field": "labels"}]
+            )
+        labels[key] = value
+    return labels
+
+
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
     if value is None:
         return default
@@ -848,6 +864,11 @@ def openapi_document() -> dict[str, Any]:
                             "Only these phases (repeat, or comma-separate).",
                         ),
                         _query("task_type", {"type": "string"}, "Only this task type."),
+                        _query(
+                            "label",
+                            {"type": "array", "items": {"type": "string", "pattern": "="}},
+                            "Only executions carrying this label, as KEY=VALUE (repeat: all of them).",
+                        ),
                         _query(
                             "unfinalized",
                             {"type": "boolean"},
