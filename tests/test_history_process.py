@@ -170,3 +170,48 @@ def test_two_replicas_prune_under_load_without_touching_unfinished_work(
         assert daemon.wait() == 0
     # Each old row deleted once, by one replica or the other (no batch counted twice).
     assert deleted == seeded
+
+
+def test_prune_and_bulk_retry_from_the_command_line(database_url: str, tmp_path: Path) -> None:
+    env = daemon_env(database_url, HISTORY_PLUGINS)
+    old = time.time() - 40 * 86400
+
+    async def seed() -> tuple[list[str], list[str]]:
+        store = Store.from_url(database_url)
+        try:
+            from executor.store.migrate import upgrade
+
+            await upgrade(store.engine)
+            expired = await seed_finished(store, 30, Phase.SUCCESS, finished_at=old)
+            failed = await seed_finished(store, 4, Phase.PERMANENT_FAILURE, finished_at=old)
+            return expired, failed
+        finally:
+            await store.close()
+
+    expired, failed = asyncio.run(seed())
+    refused = executor(env, tmp_path, "prune")
+    assert refused.returncode == 2 and "nothing to prune" in refused.stderr
+    dry = executor(env, tmp_path, "prune", "--older-than", "30d", "--phase", "success", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) == {"dry_run": True, "deleted": {"SUCCESS": 30}}
+    by_settings = executor({**env, "EXECUTOR_RETAIN_SUCCESS": "7d"}, tmp_path, "prune")
+    assert by_settings.returncode == 0, by_settings.stderr
+    assert by_settings.stdout.startswith("SUCCESS: deleted 30 executions finished before ")
+    left = executor(env, tmp_path, "list", "--json", "--phase", "success", "--limit", "100")
+    assert not {item["id"] for item in json.loads(left.stdout)} & set(expired)
+    bad_phase = executor(env, tmp_path, "prune", "--older-than", "1d", "--phase", "running")
+    assert bad_phase.returncode == 2 and "RUNNING is not a final phase" in bad_phase.stderr
+
+    usage = executor(env, tmp_path, "retry")
+    assert usage.returncode == 2 and "--all" in usage.stderr
+    listed = executor(env, tmp_path, "retry", "--phase", "permanent-failure", "--dry-run")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.splitlines()[:-1]) == sorted(failed)
+    assert listed.stdout.splitlines()[-1] == "4 executions would be retried (dry run: nothing changed)"
+    done = executor(env, tmp_path, "retry", "--all", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["matched"], result["requeued"], sorted(result["ids"])) == (4, 4, sorted(failed))
+    shown = executor(env, tmp_path, "list", "--json", "--phase", "queued")
+    assert sorted(item["id"] for item in json.loads(shown.stdout)) == sorted(failed)
+    assert all(item["attempt"] == 2 for item in json.loads(shown.stdout))

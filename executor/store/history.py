@@ -16,13 +16,13 @@ on SQLite the write lock every write transaction takes at BEGIN makes batches on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import anyio
 from sqlalchemy import and_, bindparam, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from executor.core import Phase
 from executor.core.records import EventRecord, ExecutionRecord, encode_json
@@ -94,7 +94,7 @@ class HistoryQueries:
     async def failure_counts(self, selection: ExecutionFilter) -> list[FailureCount]:
         """How many executions ended in each failed phase, per error code, most first."""
         phases = selection.phases or REQUEUEABLE
-        failed = ExecutionFilter(**{**_fields(selection), "phases": phases})
+        failed = replace(selection, phases=phases)
         code = error_code_of().label("code")
         query = (
             select(executions.c.phase, code, func.count().label("n"))
@@ -134,8 +134,7 @@ class HistoryQueries:
                 yield held
             finally:
                 if held:
-                    with anyio.CancelScope(shield=True), guarded:
-                        await conn.execute(_UNLOCK, {"key": PRUNE_LOCK_KEY})
+                    await _unlock(conn)
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -221,10 +220,11 @@ class HistoryQueries:
         return True
 
 
-def _fields(selection: ExecutionFilter) -> dict[str, Any]:
-    return {name: getattr(selection, name) for name in ExecutionFilter.__dataclass_fields__}
-
-
-def unique(ids: Sequence[str]) -> list[str]:
-    """`ids` without repeats, in their order."""
-    return list(dict.fromkeys(ids))
+async def _unlock(conn: AsyncConnection) -> None:
+    """Give the pruning lock back. A connection that cannot is closed rather than pooled: the
+    server drops a session's advisory locks with it, and a pooled one would hold the lock on."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await conn.execute(_UNLOCK, {"key": PRUNE_LOCK_KEY})
+        except Exception:
+            await conn.invalidate()
