@@ -24,7 +24,7 @@ from bench.databases import Backend, PostgresBackend, SqliteBackend, copy_rows, 
 from bench.scenarios import DAEMON, EXEC_PER_S, Context, _prototype
 from executor.core import Phase
 from executor.daemon import setup_plugins
-from executor.history.retention import prune
+from executor.history.retention import PruneReport, prune
 from executor.plugin.resources import InProcessResourceManager
 from executor.runtime import Reconciler
 from executor.store import Store
@@ -92,12 +92,11 @@ async def _drive_while_pruning(
     """`daemon.drive`, with the pruner's passes running on the same event loop (as in `executor
     run`, where the pruner is a task of the daemon's); the rows it deleted until the drive ended."""
     store = Store.from_url(url)
-    deleted = 0
+    done = PruneReport()
 
     async def pruner() -> None:
-        nonlocal deleted
         while True:
-            deleted += (await prune(store, {Phase.SUCCESS: cutoff}, batch=PRUNE_BATCH)).total
+            await prune(store, {Phase.SUCCESS: cutoff}, batch=PRUNE_BATCH, report=done)
             await anyio.sleep(PRUNE_INTERVAL)
 
     try:
@@ -107,7 +106,7 @@ async def _drive_while_pruning(
             group.cancel_scope.cancel()
     finally:
         await store.close()
-    return result, deleted
+    return result, done.total
 
 
 # -- 11: size under churn -----------------------------------------------------------------------------

@@ -231,3 +231,14 @@ async def test_failures_counts_per_code_and_filters_by_code_and_reason(store: St
     by_reason = await history.failures(history.selection(reason="100% full"))
     assert [r.id for r in by_reason.executions] == [bang]
     assert (await history.failures(history.selection(reason="100_ full"))).executions == []
+
+
+def test_retention_settings_keep_unset_and_zero_phases_forever() -> None:
+    from executor.history import retention_of
+    from executor.settings import SettingsError, load_settings
+
+    settings = load_settings(retain_success="7d", retain_failed="0", prune_batch=100)
+    assert retention_of(settings) == {Phase.SUCCESS: 7 * 86400.0}
+    assert retention_of(load_settings()) == {}
+    with pytest.raises(SettingsError, match="EXECUTOR_PRUNE_BATCH"):
+        load_settings(prune_batch=0)
