@@ -32,7 +32,7 @@ from executor.store import Store
 S10 = "10. Throughput while pruning"
 S11 = "11. Store size, submitting and pruning continuously"
 PRUNING = f"{DAEMON}, pruning meanwhile"
-PRUNE_BATCH = 500
+PRUNE_BATCH = 200  # EXECUTOR_PRUNE_BATCH's default
 PRUNE_INTERVAL = 1.0
 
 

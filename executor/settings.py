@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     #: How often a daemon looks for executions past their retention, and how many it deletes per
     #: transaction.
     prune_interval: Positive = timedelta(minutes=1)
-    prune_batch: int = Field(500, ge=1, le=10_000)
+    prune_batch: int = Field(200, ge=1, le=10_000)
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)
     replica_id: str = Field(default_factory=_default_replica_id)
