@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import retention, scenarios, stragglers
+from bench import retention, scenarios, schedules, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     **scenarios.SCENARIOS,
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
+    "schedules": schedules.schedules_scenario,
     "pruning": retention.pruning,
     "churn": retention.churn,
 }

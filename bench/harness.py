@@ -47,10 +47,13 @@ class Sizes:
     #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
     pickup_seconds: float = 12.0
     busy_seconds: float = 5.0
-    #: Scenario 10: finished rows the pruner deletes while the daemon runs this many executions.
+    #: Scenario 10: schedules all due in the same second, and the scheduler processes racing for them.
+    schedules: int = 10_000
+    schedule_replicas: int = 3
+    #: Scenario 11: finished rows the pruner deletes while the daemon runs this many executions.
     prune_rows: int = 1_000_000
     prune_executions: int = 20_000
-    #: Scenario 11: how long submissions arrive, how many a second, and how long SUCCESS is kept.
+    #: Scenario 12: how long submissions arrive, how many a second, and how long SUCCESS is kept.
     churn_seconds: float = 60.0
     churn_rate: int = 1_000
     churn_retention: float = 5.0
@@ -79,6 +82,8 @@ SMOKE = Sizes(
     straggler_seconds=0.05,
     pickup_seconds=1.0,
     busy_seconds=0.5,
+    schedules=50,
+    schedule_replicas=2,
     prune_rows=500,
     prune_executions=40,
     churn_seconds=2.0,

@@ -1,12 +1,12 @@
 """Retention (issue 20): the daemon's throughput while it prunes old rows, and the size of the
 store over a run that submits and prunes continuously.
 
-10. Throughput while pruning: the echo throughput of the daemon's loop on a table holding
+11. Throughput while pruning: the echo throughput of the daemon's loop on a table holding
     `prune_rows` finished executions (and their events), alone and with the pruner deleting those
     rows meanwhile (the daemon's own `prune` pass, as `Pruner` runs it: batches of
     EXECUTOR_PRUNE_BATCH, each its own transaction, resting as long as each batch took), runs
     interleaved on copies of one template. Target: with pruning >= 0.9 of without.
-11. Size under churn: a loop, a pruner with a short retention and a steady stream of submissions,
+12. Size under churn: a loop, a pruner with a short retention and a steady stream of submissions,
     for `churn_seconds`; the rows and the bytes of the executions and events tables (SQLite: the
     database file and its WAL) sampled every second. Bounded: the second half's peak is not above
     the first half's by more than the noise of one retention period.
@@ -29,8 +29,8 @@ from executor.plugin.resources import InProcessResourceManager
 from executor.runtime import Reconciler
 from executor.store import Store
 
-S10 = "10. Throughput while pruning"
-S11 = "11. Store size, submitting and pruning continuously"
+S11 = "11. Throughput while pruning"
+S12 = "12. Store size, submitting and pruning continuously"
 PRUNING = f"{DAEMON}, pruning meanwhile"
 PRUNE_BATCH = 200  # EXECUTOR_PRUNE_BATCH's default
 PRUNE_INTERVAL = 1.0
@@ -46,7 +46,7 @@ async def pruning(ctx: Context) -> None:
 async def _pruning_on(ctx: Context, backend: Backend) -> None:
     sizes, store = ctx.sizes, backend.label
     rows, count = sizes.prune_rows, sizes.prune_executions
-    scenario = f"{S10}, {rows:,} old rows, {count:,} echo executions"
+    scenario = f"{S11}, {rows:,} old rows, {count:,} echo executions"
     template = "prune_tpl"
     await backend.create(template)
     prototype = await _prototype(backend, template, finished=True, ctx=ctx)
@@ -84,7 +84,7 @@ async def _pruning_on(ctx: Context, backend: Backend) -> None:
         ctx.report.measurement(scenario, store, DAEMON, EXEC_PER_S, EXEC_PER_S),
     )
     ctx.report.target(
-        f"S10 {store}: throughput while pruning >= 0.9 of without", ratio.value, 0.9, at_least=True
+        f"S11 {store}: throughput while pruning >= 0.9 of without", ratio.value, 0.9, at_least=True
     )
 
 
@@ -122,7 +122,7 @@ async def churn(ctx: Context) -> None:
 async def _churn_on(ctx: Context, backend: Backend) -> None:
     sizes, store_label = ctx.sizes, backend.label
     seconds, rate, keep = sizes.churn_seconds, sizes.churn_rate, sizes.churn_retention
-    scenario = f"{S11}, {rate:,}/s for {seconds:g}s, kept {keep:g}s"
+    scenario = f"{S12}, {rate:,}/s for {seconds:g}s, kept {keep:g}s"
     name = "churn"
     await backend.create(name)
     url = backend.url(name)
@@ -163,7 +163,7 @@ async def _churn_on(ctx: Context, backend: Backend) -> None:
                 # Deleted rows' space is reused only once vacuumed; with autovacuum off (as on the
                 # test server) nothing would be, and the tables would grow whatever is pruned.
                 ctx.report.notes.append(
-                    f"{S11}, PostgreSQL: autovacuum is off on this server; the run VACUUMs executions "
+                    f"{S12}, PostgreSQL: autovacuum is off on this server; the run VACUUMs executions "
                     f"and events every {VACUUM_EVERY:g}s in its place."
                 )
                 group.start_soon(_vacuum, backend, name)
@@ -195,10 +195,10 @@ def _report_churn(
             scenario, store_label, f"{DAEMON}, {label}", "peak size", "MiB", higher_is_better=False
         ).values.append(max(s[2] for s in part) / 2**20)
     trace = ", ".join(f"{s[0]:.0f}s: {s[1]:,} rows {s[2] / 2**20:.1f} MiB" for s in samples)
-    report.notes.append(f"{S11}, {store_label}: {submitted:,} submitted; samples {trace}.")
+    report.notes.append(f"{S12}, {store_label}: {submitted:,} submitted; samples {trace}.")
     grown = max(s[2] for s in second) / max(1, *(s[2] for s in half))
     report.target(
-        f"S11 {store_label}: peak size, second half / first half <= 1.5", grown, 1.5, at_least=False
+        f"S12 {store_label}: peak size, second half / first half <= 1.5", grown, 1.5, at_least=False
     )
 
 

@@ -179,13 +179,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(command=_config)
 
+    _add_command_modules(commands, as_json)
+    return parser
+
+
+def _add_command_modules(commands: Any, as_json: argparse.ArgumentParser) -> None:
+    """The commands that live in modules of their own, each registered by its `add_commands`."""
+    from executor.history.commands import add_commands as add_history_commands  # retry, failures, prune
     from executor.schedules.commands import add_commands  # `executor schedule ...`
+    from executor.tasklog_commands import add_commands as add_log_commands  # `executor logs`
 
     add_commands(commands, as_json)
-    from executor.history.commands import add_commands as add_history_commands  # retry, failures, prune
-
+    add_log_commands(commands, as_json)
     add_history_commands(commands, as_json)
-    return parser
 
 
 def _phase(text: str) -> Phase:

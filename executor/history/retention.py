@@ -6,7 +6,7 @@ pruning lock works at a time (`HistoryQueries.prune_lease`); the others find it 
 their next interval. A pass deletes in batches of `EXECUTOR_PRUNE_BATCH`, each its own short
 transaction, and rests between two batches nine times as long as the last one took: pruning holds
 the store (SQLite's one write lock, above all) at most a tenth of the time, and rounds are never
-queued behind a long transaction. Bench scenario 10 measures what that costs the rounds.
+queued behind a long transaction. Bench scenario 11 measures what that costs the rounds.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ PHASE_SETTINGS = {
 }
 
 #: The share of the time a pass may spend deleting: it rests (1 - DUTY) / DUTY times as long as
-#: each batch took. At a half, the rounds on SQLite ran at about 0.55 of their pace (bench 10).
+#: each batch took. At a half, the rounds on SQLite ran at about 0.55 of their pace (bench 11).
 DUTY = 0.1
 #: Longest rest between two batches.
 MAX_PAUSE = 5.0

@@ -41,6 +41,8 @@ from executor.http.history import openapi_paths as history_openapi_paths
 from executor.http.metrics import Metrics
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
+from executor.http.tasklogs import LogApi
+from executor.http.tasklogs import openapi_paths as log_openapi_paths
 from executor.limits import (
     INT32_MAX,
     INT32_MIN,
@@ -467,6 +469,7 @@ class Api:
             Route("/stats/finished", self.finished, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *ScheduleApi(self.client, PREFIX).routes(),
+            *LogApi(self.client).routes(),
             *HistoryApi(self.client).routes(),
         ]
 
@@ -962,6 +965,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **schedule_openapi_paths(),
+            **log_openapi_paths(),
             **history_openapi_paths(),
         },
     }
