@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import longrun, scenarios, schedules, stragglers
+from bench import longrun, retention, scenarios, schedules, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -13,6 +13,8 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
     "schedules": schedules.schedules_scenario,
+    "pruning": retention.pruning,
+    "churn": retention.churn,
 }
 
 #: Scenarios run only when named (`--only`): too long for every `make bench` (`make bench-long`).

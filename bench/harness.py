@@ -57,6 +57,13 @@ class Sizes:
     #: Scenario 10: schedules all due in the same second, and the scheduler processes racing for them.
     schedules: int = 10_000
     schedule_replicas: int = 3
+    #: Scenario 11: finished rows the pruner deletes while the daemon runs this many executions.
+    prune_rows: int = 1_000_000
+    prune_executions: int = 20_000
+    #: Scenario 12: how long submissions arrive, how many a second, and how long SUCCESS is kept.
+    churn_seconds: float = 60.0
+    churn_rate: int = 1_000
+    churn_retention: float = 5.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -87,6 +94,11 @@ SMOKE = Sizes(
     busy_seconds=0.5,
     schedules=50,
     schedule_replicas=2,
+    prune_rows=500,
+    prune_executions=40,
+    churn_seconds=2.0,
+    churn_rate=50,
+    churn_retention=0.5,
 )
 
 

@@ -9,7 +9,7 @@ of `executions` keep 10% free so that the updates which change no indexed column
 lease, a renewal) can stay on their page (HOT) instead of adding index entries. README, "On a
 production PostgreSQL", says why each value.
 
-Revision ID: 0006_queue_storage
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-01
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006_queue_storage"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
