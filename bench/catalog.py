@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import scenarios, stragglers
+from bench import functions, scenarios, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     **scenarios.SCENARIOS,
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
+    "function-tasks": functions.async_functions,
+    "function-cpu": functions.cpu_functions,
 }

@@ -47,6 +47,11 @@ class Sizes:
     #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
     pickup_seconds: float = 12.0
     busy_seconds: float = 5.0
+    #: Scenario 10: one-round async function tasks per run (and as many echo executions).
+    function_tasks: int = 20_000
+    #: Scenario 11: CPU-bound function tasks per run, and how long each one's work takes.
+    cpu_tasks: int = 2_000
+    cpu_task_ms: float = 10.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -72,6 +77,9 @@ SMOKE = Sizes(
     straggler_seconds=0.05,
     pickup_seconds=1.0,
     busy_seconds=0.5,
+    function_tasks=100,
+    cpu_tasks=8,
+    cpu_task_ms=1.0,
 )
 
 
