@@ -62,6 +62,8 @@ class DaemonRun:
     full_round_seconds: list[float] = field(default_factory=list)
     #: CPU over the clock (this process and the database's backends), when asked for.
     cpu: CpuUse | None = None
+    #: The wall clock (`time.time()`, as rows' `finished_at`) when the timed run began.
+    wall_started: float = 0.0
     #: First claim to the last round that finalized an execution: `seconds` ends with the last
     #: round that claimed, before calls that outlived their rounds (stragglers) were committed.
     seconds_to_last_finalized: float = 0.0
@@ -122,7 +124,7 @@ async def drive(
         tune_gc()  # as `executor run` does once started
         if window is not None:
             window.start()
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         await reconciler.run()
         seconds = counter.last_round_end - started
         used = window.finish() if window is not None else None
@@ -137,6 +139,7 @@ async def drive(
         counter.rounds,
         counter.full_round_seconds,
         used,
+        wall_started,
         counter.last_finalized_end - started,
     )
 

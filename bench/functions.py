@@ -1,6 +1,6 @@
-"""Scenarios 10 and 11: function tasks (issue 15).
+"""Scenarios 11 and 12: function tasks (issue 15).
 
-10 runs one-round async function tasks (`bench-fn-echo`, bench/plugins/functions.py) against the
+11 runs one-round async function tasks (`bench-fn-echo`, bench/plugins/functions.py) against the
 hand-written `echo` plugin, in the same run: what `@task` costs per execution. 11 runs CPU-bound
 function tasks of about `cpu_task_ms` each on the daemon's process pool against a bare
 `ProcessPoolExecutor` with as many workers doing the same work, both from a cold start (the
@@ -20,8 +20,8 @@ from bench.databases import Backend, PostgresBackend, submit
 from bench.scenarios import EXEC_PER_S, Context
 from executor.store import Submission
 
-S10 = "10. Function tasks: one-round async"
-S11 = "11. Function tasks: CPU-bound on the process pool"
+S11 = "11. Function tasks: one-round async"
+S12 = "12. Function tasks: CPU-bound on the process pool"
 ECHO = "echo plugin"
 FUNCTION = "async function task (@task)"
 DAEMON_POOL = "cpu=True function task, daemon"
@@ -31,7 +31,7 @@ BARE_POOL = "bare ProcessPoolExecutor"
 async def async_functions(ctx: Context) -> None:
     for backend in ctx.backends:
         count = ctx.sizes.function_tasks
-        scenario = f"{S10}, {count:,}"
+        scenario = f"{S11}, {count:,}"
         workloads = {
             ECHO: [Submission("echo", {"i": i}) for i in range(count)],
             FUNCTION: [Submission("bench-fn-echo", {"i": i}) for i in range(count)],
@@ -43,7 +43,7 @@ async def async_functions(ctx: Context) -> None:
             ctx.report.measurement(scenario, backend.label, ECHO, EXEC_PER_S, EXEC_PER_S),
         )
         ctx.report.target(
-            f"S10 {backend.label}: function tasks >= 0.8 of echo", ratio.value, 0.8, at_least=True
+            f"S11 {backend.label}: function tasks >= 0.8 of echo", ratio.value, 0.8, at_least=True
         )
 
 
@@ -53,7 +53,7 @@ async def cpu_functions(ctx: Context) -> None:
     workers = os.cpu_count() or 1
     for backend in ctx.backends:
         count = sizes.cpu_tasks
-        scenario = f"{S11}, {count:,} x {sizes.cpu_task_ms:g} ms, {workers} workers"
+        scenario = f"{S12}, {count:,} x {sizes.cpu_task_ms:g} ms, {workers} workers"
         template = "fn_cpu_tpl"
         await backend.create(template)
         await submit(backend.url(template), [Submission("bench-fn-cpu", {"loops": loops})] * count)
@@ -76,7 +76,7 @@ async def cpu_functions(ctx: Context) -> None:
             ctx.report.measurement(scenario, backend.label, BARE_POOL, EXEC_PER_S, EXEC_PER_S),
         )
         ctx.report.target(
-            f"S11 {backend.label}: process pool >= 0.8 of a bare ProcessPoolExecutor",
+            f"S12 {backend.label}: process pool >= 0.8 of a bare ProcessPoolExecutor",
             ratio.value,
             0.8,
             at_least=True,

@@ -47,9 +47,12 @@ class Sizes:
     #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
     pickup_seconds: float = 12.0
     busy_seconds: float = 5.0
-    #: Scenario 10: one-round async function tasks per run (and as many echo executions).
+    #: Scenario 10: schedules all due in the same second, and the scheduler processes racing for them.
+    schedules: int = 10_000
+    schedule_replicas: int = 3
+    #: Scenario 11: one-round async function tasks per run (and as many echo executions).
     function_tasks: int = 20_000
-    #: Scenario 11: CPU-bound function tasks per run, and how long each one's work takes.
+    #: Scenario 12: CPU-bound function tasks per run, and how long each one's work takes.
     cpu_tasks: int = 2_000
     cpu_task_ms: float = 10.0
 
@@ -77,6 +80,8 @@ SMOKE = Sizes(
     straggler_seconds=0.05,
     pickup_seconds=1.0,
     busy_seconds=0.5,
+    schedules=50,
+    schedule_replicas=2,
     function_tasks=100,
     cpu_tasks=8,
     cpu_task_ms=1.0,

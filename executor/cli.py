@@ -182,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     from executor.schedules.commands import add_commands  # `executor schedule ...`
 
     add_commands(commands, as_json)
+    from executor.tasklog_commands import add_commands as add_log_commands  # `executor logs`
+
+    add_log_commands(commands, as_json)
     return parser
 
 

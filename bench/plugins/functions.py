@@ -1,7 +1,7 @@
 """Function tasks for the function-task scenarios (benchmarks only): `@task` on plain functions.
 
 `bench-fn-echo` is `echo` written as an async function task (its inputs become its outputs), so
-that scenario 10 compares the decorator's cost with the hand-written plugin's. `bench-fn-cpu`
+that scenario 11 compares the decorator's cost with the hand-written plugin's. `bench-fn-cpu`
 spins `loops` iterations of plain Python in a worker process, the same work `bench/functions.py`
 gives a bare `ProcessPoolExecutor`.
 """
