@@ -1,10 +1,11 @@
-"""Every scenario `python -m bench` knows, by the name `--only` takes, in the order they run."""
+"""Every scenario `python -m bench` knows, by the name `--only` takes, in the order they run; those
+of `ON_REQUEST` run only when named."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import functions, scenarios, schedules, stragglers
+from bench import functions, longrun, scenarios, schedules, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -14,4 +15,9 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "schedules": schedules.schedules_scenario,
     "function-tasks": functions.async_functions,
     "function-cpu": functions.cpu_functions,
+}
+
+#: Scenarios run only when named (`--only`): too long for every `make bench` (`make bench-long`).
+ON_REQUEST: dict[str, Callable[[Context], Awaitable[None]]] = {
+    "long-run": longrun.long_run,
 }
