@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import longrun, retention, scenarios, schedules, stragglers
+from bench import functions, longrun, retention, scenarios, schedules, stragglers
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -15,6 +15,8 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "schedules": schedules.schedules_scenario,
     "pruning": retention.pruning,
     "churn": retention.churn,
+    "function-tasks": functions.async_functions,
+    "function-cpu": functions.cpu_functions,
 }
 
 #: Scenarios run only when named (`--only`): too long for every `make bench` (`make bench-long`).

@@ -64,6 +64,9 @@ class DaemonRun:
     cpu: CpuUse | None = None
     #: The wall clock (`time.time()`, as rows' `finished_at`) when the timed run began.
     wall_started: float = 0.0
+    #: First claim to the last round that finalized an execution: `seconds` ends with the last
+    #: round that claimed, before calls that outlived their rounds (stragglers) were committed.
+    seconds_to_last_finalized: float = 0.0
 
 
 class _Counter(NullObserver):
@@ -76,6 +79,7 @@ class _Counter(NullObserver):
         self.finalized = 0
         self.rounds = 0
         self.last_round_end = time.perf_counter()
+        self.last_finalized_end = self.last_round_end
         self.full_round_seconds: list[float] = []
         self.reconciler: Reconciler | None = None
 
@@ -88,6 +92,8 @@ class _Counter(NullObserver):
             if stats.claimed >= self.batch_size:
                 self.full_round_seconds.append(seconds)
         self.finalized += stats.finalized
+        if stats.finalized:
+            self.last_finalized_end = time.perf_counter()
         # Stop once all are done, or when nothing was claimable and no call is still running
         # (the caller checks the count).
         idle = not stats.claimed and (self.reconciler is None or self.reconciler.in_flight == 0)
@@ -127,7 +133,15 @@ async def drive(
         await store.close()
     if done < expected:
         raise RuntimeError(f"the daemon finished {done} of {expected} executions")
-    return DaemonRun(expected, seconds, counter.rounds, counter.full_round_seconds, used, wall_started)
+    return DaemonRun(
+        expected,
+        seconds,
+        counter.rounds,
+        counter.full_round_seconds,
+        used,
+        wall_started,
+        counter.last_finalized_end - started,
+    )
 
 
 class DaemonProcess:

@@ -64,6 +64,11 @@ class Sizes:
     churn_seconds: float = 60.0
     churn_rate: int = 1_000
     churn_retention: float = 5.0
+    #: Scenario 13: one-round async function tasks per run (and as many echo executions).
+    function_tasks: int = 20_000
+    #: Scenario 14: CPU-bound function tasks per run, and how long each one's work takes.
+    cpu_tasks: int = 2_000
+    cpu_task_ms: float = 10.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -99,6 +104,9 @@ SMOKE = Sizes(
     churn_seconds=2.0,
     churn_rate=50,
     churn_retention=0.5,
+    function_tasks=100,
+    cpu_tasks=8,
+    cpu_task_ms=1.0,
 )
 
 

@@ -216,7 +216,9 @@ class Client:
                 "(EXECUTOR_MAX_PAYLOAD_BYTES)",
                 "inputs",
             )
-        timeout_s = _seconds("timeout", timeout, self._default_timeout)
+        # The task type's own defaults (a function task's `@task(max_attempts=, timeout=)`) first.
+        own = self._task_types.defaults_for(task_type) if self._task_types is not None else None
+        timeout_s = _seconds("timeout", timeout, (own and own.timeout) or self._default_timeout)
         deadline_s = _seconds("deadline", deadline, self._default_deadline)
         base_s = _seconds("backoff_base", backoff_base, None)
         max_s = _seconds("backoff_max", backoff_max, None)
@@ -226,7 +228,9 @@ class Client:
             _check_name("idempotency_key", idempotency_key)
         _check_int("priority", priority)
         labels = _checked_labels(labels)
-        attempts = self._default_max_attempts if max_attempts is None else max_attempts
+        if max_attempts is None:
+            max_attempts = (own and own.max_attempts) or self._default_max_attempts
+        attempts = max_attempts
         _check_int("max_attempts", attempts, low=1)
         when = _timestamp(not_before)
         return Submission(

@@ -46,6 +46,7 @@ from executor.core import (
     Transition,
     do_transition,
     parse_duration,
+    validate_plugin_config,
 )
 from executor.localproc import ProcessHandle, exit_status, is_running, same_boot, spawn, tail, terminate
 
@@ -122,14 +123,8 @@ def declared_config() -> ShellConfig:
 
 
 def parse_config(raw: Any) -> ShellConfig:
-    try:
-        return ShellConfig.model_validate(raw or {})
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
-            for e in err.errors(include_url=False, include_input=False)
-        )
-        raise ValueError(f"invalid configuration for plugin {PLUGIN_ID!r}: {problems}") from None
+    """As the plugin runtime validates `config_model` at start-up (the same one-line error)."""
+    return validate_plugin_config(PLUGIN_ID, ShellConfig, raw)
 
 
 def _param_value(value: Any) -> str:
@@ -344,7 +339,11 @@ def _signal_name(number: int) -> str:
 
 
 def load(setup: SetupContext) -> ShellPlugin:
-    config = parse_config(setup.plugin_config.get(PLUGIN_ID))
+    # EXECUTOR_PLUGIN_CONFIG["shell"], validated against `config_model` by the plugin runtime;
+    # validated here for a caller that built the SetupContext itself.
+    config = setup.config
+    if not isinstance(config, ShellConfig):
+        config = parse_config(setup.plugin_config.get(PLUGIN_ID))
     _loaded[PLUGIN_ID] = config
     return ShellPlugin(config)
 
@@ -355,6 +354,7 @@ plugin_registry().register_core_plugin(
         registered_task_types=[TASK_TYPE],
         load_plugin=load,
         input_model=ShellInputs,
+        config_model=ShellConfig,
     )
 )
 

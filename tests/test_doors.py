@@ -66,6 +66,17 @@ plugin_registry().register_core_plugin(
 )
 '''
 
+FUNCTION_TASK = '''
+"""resize: a function task, whose parameters are its input model and which says its own defaults."""
+
+from executor.functions import task
+
+
+@task("resize", max_attempts=3, timeout="2m")
+def resize(path: str, width: int = 256) -> None:
+    pass
+'''
+
 DURATIONS = ("timeout", "deadline", "backoff_base", "backoff_max")
 #: What differs between two submissions of the same thing by nature: ids and moments of submission.
 VOLATILE = {"id", "created_at", "updated_at", "next_round_at", "deadline_at"}
@@ -82,6 +93,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     #: Words of the refusal; None: stored.
     refused: str | None = None
+    #: Fields the stored execution must show (beyond the options given).
+    expect: dict[str, Any] = field(default_factory=dict)
 
 
 EVERY_OPTION = {
@@ -121,6 +134,26 @@ CASES = [
         task_type="typed",
         inputs={"item": "tea", "quantity": 0},
         refused="inputs do not fit Order for task type 'typed'",
+    ),
+    # Issue 15: a function task's `@task(max_attempts=, timeout=)` are its submissions' defaults.
+    Case(
+        "a function task's own defaults",
+        task_type="resize",
+        inputs={"path": "cat.png"},
+        env={"EXECUTOR_DEFAULT_MAX_ATTEMPTS": "5", "EXECUTOR_DEFAULT_TIMEOUT": "5s"},
+        expect={"max_attempts": 3, "timeout": 120.0, "inputs": {"path": "cat.png", "width": 256}},
+    ),
+    Case(
+        "options beat a function task's defaults",
+        task_type="resize",
+        inputs={"path": "cat.png"},
+        options={"max_attempts": 1, "timeout": "7s"},
+    ),
+    Case(
+        "inputs not fitting a function's parameters",
+        task_type="resize",
+        inputs={"path": "cat.png", "widht": 3},
+        refused="inputs do not fit ResizeInputs for task type 'resize': widht: Extra inputs are not",
     ),
     Case("an unknown task type", task_type="nope", refused="unknown task type 'nope'; known task types: "),
     Case("no attempts", options={"max_attempts": 0}, refused="max_attempts must be at least 1, got 0"),
@@ -192,6 +225,7 @@ def plugins_dir(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "echo.py").write_text((REPO_PLUGINS / "echo.py").read_text())
     (directory / "typed.py").write_text(textwrap.dedent(TYPED_PLUGIN))
+    (directory / "resize.py").write_text(textwrap.dedent(FUNCTION_TASK))
     return directory
 
 
@@ -375,6 +409,7 @@ async def test_the_doors_refuse_and_store_alike(
     for name in DURATIONS:
         if name in case.options:
             assert shown["cli"][name] == parse_duration(case.options[name]).total_seconds()
+    assert {key: shown["cli"][key] for key in case.expect} == case.expect
 
 
 def test_get_json_and_the_api_show_every_option_in_one_shape(

@@ -1,5 +1,6 @@
 """The contract plugin authors import. No I/O here: only the shapes a plugin reads and returns."""
 
+from executor.core.config import PluginConfigError, config_problems, validate_plugin_config
 from executor.core.durations import parse_duration
 from executor.core.exec_context import (
     InputReader,
@@ -48,6 +49,7 @@ __all__ = [
     "Phase",
     "PhaseInfo",
     "Plugin",
+    "PluginConfigError",
     "PluginEntry",
     "PluginProperties",
     "PluginStateError",
@@ -65,6 +67,8 @@ __all__ = [
     "TaskLog",
     "Transition",
     "TransitionType",
+    "config_problems",
     "do_transition",
     "parse_duration",
+    "validate_plugin_config",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -28,6 +29,11 @@ class PluginProperties:
     cpu_bound: bool = False
     #: Cap on `TaskExecutionMetadata.generated_name`, for remote systems with short name limits.
     generated_name_max_length: int | None = None
+    #: For a plugin whose `handle` *is* the work (a function task): how long one call may run.
+    #: A call still running then is ended and its attempt fails `TimeoutExpired` (a user failure,
+    #: retried while attempts remain). None: EXECUTOR_HANDLE_TIMEOUT bounds the call, and one past
+    #: it is a system failure (`HandleTimeout`), as for any plugin whose calls should be short.
+    work_timeout: timedelta | None = None
 
 
 class BackgroundTasks(Protocol):
@@ -104,8 +110,11 @@ class SetupContext:
     settings: Any
     logger: Logger
     resource_registrar: ResourceRegistrar
-    #: Extra per-plugin configuration (from settings), keyed by plugin id.
+    #: Extra per-plugin configuration (EXECUTOR_PLUGIN_CONFIG), keyed by plugin id, as given.
     plugin_config: Mapping[str, Any] = field(default_factory=dict)
+    #: This plugin's configuration, validated: an instance of its entry's `config_model` (its
+    #: defaults when EXECUTOR_PLUGIN_CONFIG does not name the plugin); None without a model.
+    config: Any = None
 
 
 LoadPlugin = Callable[[SetupContext], "Plugin | Awaitable[Plugin]"]
@@ -127,3 +136,11 @@ class PluginEntry:
     input_model: type[BaseModel] | None = None
     #: A pydantic model the outputs must fit: outputs that do not fail the execution `InvalidOutputs`.
     output_model: type[BaseModel] | None = None
+    #: A pydantic model of the plugin's configuration: EXECUTOR_PLUGIN_CONFIG[id] is validated
+    #: against it before `load_plugin` runs, which finds the result in `setup.config`. A value that
+    #: does not fit stops the start-up in one line naming the plugin and the field.
+    config_model: type[BaseModel] | None = None
+    #: What a submission of the plugin's task types gets when it does not say, before the daemon's
+    #: EXECUTOR_DEFAULT_MAX_ATTEMPTS and EXECUTOR_DEFAULT_TIMEOUT (every door applies them).
+    default_max_attempts: int | None = None
+    default_timeout: timedelta | None = None

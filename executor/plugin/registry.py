@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from pydantic import BaseModel
 
-from executor.core import Plugin, PluginEntry, SetupContext
+from executor.core import Plugin, PluginEntry, SetupContext, validate_plugin_config
 
 
 class PluginRegistryError(Exception):
@@ -99,7 +101,23 @@ class PluginRegistry:
             for plugin_id, registered in self._registered.items()
             if registered.entry.input_model is not None or registered.entry.output_model is not None
         }
-        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models)
+        submission_defaults = {
+            plugin_id: SubmissionDefaults(entry.default_max_attempts, entry.default_timeout)
+            for plugin_id, entry in ((pid, r.entry) for pid, r in self._registered.items())
+            if entry.default_max_attempts is not None or entry.default_timeout is not None
+        }
+        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models, submission_defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionDefaults:
+    """What a plugin's entry says a submission of its task types gets when it does not say."""
+
+    max_attempts: int | None = None
+    timeout: timedelta | None = None
+
+
+_NO_DEFAULTS = SubmissionDefaults()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +126,14 @@ class TaskTypeResolver:
     default_plugin_id: str | None
     #: Plugin id -> (input model, output model), for plugins that declare either.
     models: Mapping[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = field(default_factory=dict)
+    #: Plugin id -> the submission defaults of its entry, for plugins that declare any.
+    submission_defaults: Mapping[str, SubmissionDefaults] = field(default_factory=dict)
+
+    def defaults_for(self, task_type: str) -> SubmissionDefaults:
+        plugin_id = self.plugin_id_for(task_type)
+        if plugin_id is None:
+            return _NO_DEFAULTS
+        return self.submission_defaults.get(plugin_id, _NO_DEFAULTS)
 
     def plugin_id_for(self, task_type: str) -> str | None:
         return self.by_task_type.get(task_type, self.default_plugin_id)
@@ -172,12 +198,25 @@ async def load_plugins(
     setup: SetupContext,
     explicit_defaults: Mapping[str, str] | None = None,
 ) -> LoadedPlugins:
-    """Resolve task types (failing loudly on conflicts), then call every entry's `load_plugin`."""
+    """Resolve task types (failing loudly on conflicts), then call every entry's `load_plugin`,
+    with its configuration validated against its `config_model` first."""
     resolver = registry.resolver(explicit_defaults)
+    known = {entry.id for entry in registry.entries}
+    unknown = sorted(plugin_id for plugin_id in setup.plugin_config if plugin_id not in known)
+    if unknown:
+        raise PluginRegistryError(
+            f"EXECUTOR_PLUGIN_CONFIG configures {', '.join(repr(u) for u in unknown)}, but no plugin "
+            f"has that id (known: {', '.join(sorted(known)) or 'none'})"
+        )
     plugins: dict[str, Plugin] = {}
     for entry in registry.entries:
         try:
-            loaded = entry.load_plugin(setup)
+            own_setup = setup
+            if entry.config_model is not None:
+                given = setup.plugin_config.get(entry.id)
+                config = validate_plugin_config(entry.id, entry.config_model, given)
+                own_setup = dataclasses.replace(setup, config=config)
+            loaded = entry.load_plugin(own_setup)
             plugin = await loaded if inspect.isawaitable(loaded) else loaded
         except Exception as err:
             source = registry.source_of(entry.id)

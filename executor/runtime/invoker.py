@@ -18,7 +18,8 @@ from typing import Any
 import anyio
 
 from executor import lifecycle, threadclock
-from executor.core import Plugin, PluginStateError
+from executor.core import PhaseInfo, Plugin, PluginStateError, do_transition
+from executor.lifecycle import TIMEOUT_EXPIRED
 from executor.plugin.task_exec_context import TaskExecContext
 from executor.redaction import REDACTOR
 from executor.runtime.observer import RoundObserver
@@ -126,7 +127,7 @@ class Invoker:
         to the task that entered it.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._handle_timeout
+        started = loop.time()
         for index, call in enumerate(calls):
             coroutine = self._handle(call.plugin, call.tctx)
             try:
@@ -141,7 +142,7 @@ class Invoker:
             try:
                 outcome: lifecycle.Outcome | None
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(started + self._limit(call.plugin)):
                         outcome = await stepped(coroutine, awaited)
                 except TimeoutError:
                     outcome = self._timed_out(call.plugin)
@@ -154,7 +155,7 @@ class Invoker:
                         current.uncancel()
                     outcome = None
                 call.finish(outcome)
-                await self._settled(rest, deadline)
+                await self._settled(rest, started)
             except BaseException:
                 # The round itself was cancelled (shutdown): its plugin calls go with it.
                 await cancel_and_wait(tasks)
@@ -168,18 +169,26 @@ class Invoker:
             if not call.dropped:
                 raise
 
-    async def _settled(self, calls: list[Call], deadline: float) -> None:
-        """Wait for the calls' tasks; those still running at `deadline` are cancelled, timed out."""
-        running = [call.task for call in calls if call.task is not None and not call.task.done()]
-        late: set[asyncio.Task[Any]] = set()
-        if running:
-            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
-            _, late = await asyncio.wait(running, timeout=timeout)
-        if late:
-            await cancel_and_wait(late)
-            for call in calls:
-                if call.task in late and call.outcome is None:
-                    call.finish(self._timed_out(call.plugin))
+    async def _settled(self, calls: list[Call], started: float) -> None:
+        """Wait for the calls' tasks; each still running at its deadline (`started` plus its
+        plugin's limit, see `_limit`) is cancelled, timed out."""
+        loop = asyncio.get_running_loop()
+        running = {call.task: call for call in calls if call.task is not None and not call.task.done()}
+        while running:
+            deadline = min(started + self._limit(call.plugin) for call in running.values())
+            await asyncio.wait(running, timeout=max(deadline - loop.time(), 0.0))
+            now = loop.time()
+            late = []
+            for task, call in list(running.items()):
+                if task.done():
+                    del running[task]
+                elif started + self._limit(call.plugin) <= now:
+                    late.append(running.pop(task))
+            if late:
+                await cancel_and_wait([call.task for call in late if call.task is not None])
+                for call in late:
+                    if call.outcome is None:
+                        call.finish(self._timed_out(call.plugin))
 
     async def _handle_limited(self, calls: list[Call]) -> None:
         """At most EXECUTOR_MAX_PARALLELISM `handle` calls at once, each with its own deadline."""
@@ -188,7 +197,7 @@ class Invoker:
         async def one(call: Call) -> None:
             async with slots:
                 try:
-                    async with asyncio.timeout(self._handle_timeout):
+                    async with asyncio.timeout(self._limit(call.plugin)):
                         outcome = await self._handle(call.plugin, call.tctx)
                 except TimeoutError:
                     outcome = self._timed_out(call.plugin)
@@ -228,7 +237,19 @@ class Invoker:
         self.observer.handle_finished(plugin.id, OUTCOME_LABELS[type(outcome)], seconds)
         return outcome
 
+    def _limit(self, plugin: Plugin) -> float:
+        """How long one `handle` of `plugin` may run: its `work_timeout`, else EXECUTOR_HANDLE_TIMEOUT."""
+        own = plugin.properties.work_timeout
+        return self._handle_timeout if own is None else own.total_seconds()
+
     def _timed_out(self, plugin: Plugin) -> lifecycle.Outcome:
+        own = plugin.properties.work_timeout
+        if own is not None:
+            # The call is the work: past its time, its attempt timed out, as the task declared.
+            seconds = own.total_seconds()
+            self.observer.handle_finished(plugin.id, "transition", seconds)
+            message = f"the call ran past the task's timeout of {seconds:g}s and was ended"
+            return lifecycle.Handled(do_transition(PhaseInfo.retryable_failure(TIMEOUT_EXPIRED, message)))
         self.observer.handle_finished(plugin.id, "system_fault", self._handle_timeout)
         return lifecycle.SystemFault(
             "HandleTimeout",

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from executor.core import PluginEntry, SetupContext
+from executor.core.config import config_error
 from executor.webapi.core import WebApiPlugin
 from executor.webapi.plugin import AsyncPlugin
 
@@ -45,11 +46,7 @@ def async_plugin_entry(
         try:
             config = plugin.config.with_overrides(setup.plugin_config.get(id))
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
-                for e in err.errors(include_url=False, include_input=False)
-            )
-            raise ValueError(f"invalid configuration for plugin {id!r}: {problems}") from None
+            raise config_error(id, err) from None  # the one line every plugin's bad value gets
         for namespace, quota in config.resource_quotas.items():
             setup.resource_registrar.register_resource_quota(namespace, quota)
         return WebApiPlugin(id, plugin, config, logger=setup.logger)
