@@ -1,7 +1,7 @@
-"""Scenarios 11 and 12: function tasks (issue 15).
+"""Scenarios 13 and 14: function tasks (issue 15).
 
-11 runs one-round async function tasks (`bench-fn-echo`, bench/plugins/functions.py) against the
-hand-written `echo` plugin, in the same run: what `@task` costs per execution. 11 runs CPU-bound
+13 runs one-round async function tasks (`bench-fn-echo`, bench/plugins/functions.py) against the
+hand-written `echo` plugin, in the same run: what `@task` costs per execution. 14 runs CPU-bound
 function tasks of about `cpu_task_ms` each on the daemon's process pool against a bare
 `ProcessPoolExecutor` with as many workers doing the same work, both from a cold start (the
 pool's worker processes started within the clock), as executions (or calls) per second; the
