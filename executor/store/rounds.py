@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from executor.core.phase import FINAL_PHASES
 from executor.core.records import ExecutionRecord, RecordUpdate
-from executor.store import postgres, sqlite
+from executor.store import notify, postgres, sqlite
 from executor.store.base import Aiosqlite, StoreBase
 from executor.store.columns import commit_rows, decode_execution, encode_event
 from executor.store.guard import guarded
@@ -27,6 +28,12 @@ class CommitResult:
     lost: frozenset[str]
     #: Quota tokens released with the commit, per execution (see `commit_round`).
     released: Mapping[str, int] = field(default_factory=dict)
+
+
+def reached_final(update: RecordUpdate) -> bool:
+    """Whether this update moves its execution into a final phase (not a later write of a final
+    record, such as its clean-up's): what waiters are told about (see `notify.send_finished`)."""
+    return update.record.phase in FINAL_PHASES and any(event.phase in FINAL_PHASES for event in update.events)
 
 
 class _LeaseLostError(Exception):
@@ -188,6 +195,9 @@ class RoundQueries(StoreBase):
             ]
             if new_events:
                 await conn.exec_driver_sql(sql.insert_events_unnest, tuple(zip(*new_events, strict=True)))
+            finished = [u.record.id for u in updates if reached_final(u) and u.record.id in kept]
+            if finished:
+                await notify.send_finished(conn, finished)  # delivered at commit: waiters find them final
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:
                 result = await conn.exec_driver_sql(sql.release_allocations, (sql.id_list(releasing),))
