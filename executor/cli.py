@@ -1,7 +1,8 @@
 """The `executor` command line.
 
 Exit codes mean something to scripts: 0 done, 1 not found or refused (nothing was changed),
-2 bad usage or invalid settings. `--json` prints machine-readable output on stdout; errors go to
+2 bad usage or invalid settings; `wait` and `submit --wait` exit 1 on a failed execution and 124
+when their time ran out (see cli_wait.py). `--json` prints machine-readable output on stdout; errors go to
 stderr as one line starting with `executor:`.
 """
 
@@ -182,7 +183,18 @@ def _parser() -> argparse.ArgumentParser:
     from executor.schedules.commands import add_commands  # `executor schedule ...`
 
     add_commands(commands, as_json)
+    _add_wait_commands(commands, as_json, submit)
     return parser
+
+
+def _add_wait_commands(
+    commands: Any, as_json: argparse.ArgumentParser, submit: argparse.ArgumentParser
+) -> None:
+    """`executor wait` and `submit --wait` (cli_wait.py)."""
+    from executor import cli_wait
+
+    cli_wait.add_commands(commands, as_json)
+    cli_wait.add_submit_options(submit)
 
 
 def _phase(text: str) -> Phase:
@@ -262,6 +274,11 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         if not sep or not key:
             raise CommandError(f"--label {item!r} is not KEY=VALUE", USAGE)
         labels[key] = value
+    from executor.cli_wait import checked_timeout, wait_and_print
+
+    wait_timeout = checked_timeout(args.wait_timeout, "--wait-timeout")  # refused before submitting
+    if args.wait_timeout is not None and not args.wait:
+        raise CommandError("--wait-timeout needs --wait", USAGE)
 
     async def body(client: Client) -> int:
         try:
@@ -280,6 +297,10 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             )
         except SubmissionError as err:
             raise CommandError(f"submission refused: {err}") from None
+        if args.wait:
+            if not args.json:
+                print(execution_id, flush=True)  # before the wait: the id is known at once
+            return await wait_and_print(client, execution_id, wait_timeout, args.json)
         if args.json:
             _print_json({"id": execution_id})
         else:

@@ -306,7 +306,7 @@ class Client:
         listener and one read per wake-up (the NOTIFY that the daemon's commit sends on
         PostgreSQL, `PRAGMA data_version` on SQLite; see `executor.store.waits`).
         """
-        seconds = _seconds("timeout", timeout, None)
+        seconds = wait_seconds(timeout)
         if name_problem(execution_id) is not None:
             raise ExecutionNotFoundError(execution_id)
         try:
@@ -326,6 +326,12 @@ class Client:
         if name_problem(execution_id) is not None:
             return AbortResult.NOT_FOUND
         return await self.store.request_abort(execution_id, reason, now=time.time())
+
+
+def wait_seconds(timeout: Duration | None, name: str = "timeout") -> float | None:
+    """How long `Client.wait` waits, refused as a submission's durations are (`SubmissionError`):
+    checked by every door that waits before it submits or waits (`submit --wait-timeout`)."""
+    return _seconds(name, timeout, None)
 
 
 def _seconds(name: str, value: Duration | None, default: timedelta | None) -> float | None:
