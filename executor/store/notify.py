@@ -124,10 +124,12 @@ async def listen_channel(
     *,
     on_connected: Callable[[], None],
     on_lost: Callable[[], None],
+    announce: bool = True,
 ) -> None:
     """LISTEN on `channel` until cancelled, calling `on_notify(payload)` for each notification,
     `on_connected` once listening (again after every reconnect: notifications may have been
-    missed) and `on_lost` when the connection is lost; reconnects with backoff."""
+    missed) and `on_lost` when the connection is lost; reconnects with backoff. Each connect is
+    logged at info when `announce` (the daemon's), else at debug (a CLI's wait says nothing)."""
     log = get_logger()
     failures = 0
 
@@ -135,7 +137,7 @@ async def listen_channel(
         on_notify(str(payload))
 
     def connected() -> None:
-        log.info("listener.connected", channel=channel)
+        (log.info if announce else log.debug)("listener.connected", channel=channel)
         on_connected()
 
     while True:

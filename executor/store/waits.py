@@ -86,6 +86,11 @@ class FinishWatch:
         """Waiters registered now."""
         return sum(len(answers) for answers in self._waiters.values())
 
+    @property
+    def unread(self) -> int:
+        """Waited ids registered since the last read (each is read once, whatever is notified)."""
+        return len(self._new)
+
     async def wait(self, execution_id: str, timeout: float | None) -> ExecutionRecord | None:  # noqa: ASYNC109
         """The execution's record once its phase is final, or None when no execution has the id;
         raises TimeoutError when it is not final within `timeout` seconds (None: no limit)."""
@@ -177,15 +182,16 @@ class FinishWatch:
 
     async def _read(self) -> None:
         """One read of the ids that may have finished, and one of the new ids' existence."""
-        new = [i for i in self._new if i in self._waiters]
+        registered = set(self._new)
+        new = [i for i in registered if i in self._waiters]
         if self._all:
             ids = list(self._waiters)
         else:
-            ids = [i for i in self._notified | self._new if i in self._waiters]
-        self._new.clear()
+            ids = [i for i in self._notified | registered if i in self._waiters]
         self._notified.clear()
         self._all = False
         if not ids:
+            self._new -= registered
             return
         sql = self._store.sql
         with guarded:
@@ -197,6 +203,7 @@ class FinishWatch:
                     result = await conn.execute(self._existing, {"ids": sql.id_list(new)})
                     existing = {row[0] for row in result}
                     self.reads += 1
+        self._new -= registered  # those registered meanwhile are read next time
         for row in rows:
             record = decode_execution(row)
             self._resolve(record.id, record)
@@ -249,6 +256,7 @@ class FinishWatch:
             received,
             on_connected=connected,
             on_lost=lambda: None,
+            announce=False,
         )
 
     async def _watch_sqlite(self) -> None:
