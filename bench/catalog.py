@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import scenarios, stragglers
+from bench import scenarios, stragglers, waits
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     **scenarios.SCENARIOS,
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
+    "wait": waits.submit_to_answer,
 }

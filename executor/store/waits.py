@@ -11,7 +11,11 @@ What wakes the watch is what wakes the daemon's loop, per dialect:
   transaction, so a notified execution is final for every reader) with the ids it finished.
   Only waited ids among them are read; executions nobody waits for cost nothing.
 - SQLite: `PRAGMA data_version`, which changes whenever another connection commits; then every
-  waited id is read (still one statement), at most once per `min_interval`.
+  waited id is read (still one statement).
+
+Reads are rate-limited by a token bucket: a few at once (`burst`: a lone waiter's registration
+read and the read that answers it both go at once), then at most one per `min_interval`, whatever
+the number of waiters or of commits; what is notified meanwhile joins the next read.
 
 Notifications are hints. A waiter's id is read once when it registers (it may be final, or not
 exist: both answer at once), after every reconnect of the listener, and every `recheck` seconds
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 import anyio
 from sqlalchemy import text
 
+from executor.core.phase import FINAL_PHASES
 from executor.core.records import ExecutionRecord
 from executor.logging import get_logger
 from executor.store import notify, postgres, sqlite
@@ -50,21 +55,30 @@ class FinishWatch:
         self,
         store: Store,
         *,
-        min_interval: float = 0.05,
+        min_interval: float = 0.1,
+        burst: int = 4,
         recheck: float = 5.0,
         linger: float = 10.0,
         data_version_interval: float = 0.02,
     ) -> None:
         self._store = store
         self._min_interval = min_interval
+        self._burst = burst
         self._recheck = recheck
         self._linger = linger
         self._data_version_interval = data_version_interval
-        in_list = "= ANY(:ids)" if store.dialect.numbered else "IN (SELECT value FROM json_each(:ids))"
-        self._final_rows = text(
-            f"SELECT {ALL_COLUMNS} FROM executions WHERE id {in_list} AND phase IN ({_FINAL})"
+
+        def in_list(name: str) -> str:
+            return (
+                f"= ANY(:{name})" if store.dialect.numbered else f"IN (SELECT value FROM json_each(:{name}))"
+            )
+
+        #: The final rows among `ids`, and the rows of `new` whatever their phase: a new id with
+        #: no row names no execution. One statement per wake-up.
+        self._rows = text(
+            f"SELECT {ALL_COLUMNS} FROM executions WHERE id {in_list('ids')} "
+            f"AND (phase IN ({_FINAL}) OR id {in_list('new')})"
         )
-        self._existing = text(f"SELECT id FROM executions WHERE id {in_list}")
         self._waiters: dict[str, set[Answer]] = {}
         #: Registered since the last read: each is read once whatever was notified.
         self._new: set[str] = set()
@@ -77,7 +91,7 @@ class FinishWatch:
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        #: Statements the watch ran to read waited ids (for tests and the benchmark).
+        #: Reads of waited ids (one statement each), and wake-ups (for tests and the benchmark).
         self.reads = 0
         self.wakeups = 0
 
@@ -144,11 +158,11 @@ class FinishWatch:
             self._fail_all(err)
 
     async def _read_until_idle(self) -> None:
-        """Read on every wake-up, at most once per `min_interval`; return after `linger` seconds
-        without waiters."""
+        """Read on every wake-up, within the token bucket (`burst`, one per `min_interval`);
+        return after `linger` seconds without waiters."""
         await self._listening.wait()
         idle_since: float | None = None
-        last_read = float("-inf")
+        tokens, filled_at = float(self._burst), time.monotonic()
         failures = 0
         while True:
             if not self._waiters:
@@ -162,10 +176,13 @@ class FinishWatch:
             if not self._kick.is_set():
                 self._all = True  # the safety net: read every waited id now and then
             self._kick.clear()
-            pause = last_read + self._min_interval - time.monotonic()
-            if pause > 0:
-                await anyio.sleep(pause)  # what arrives meanwhile joins this read
-            last_read = time.monotonic()
+            now = time.monotonic()
+            tokens = min(float(self._burst), tokens + (now - filled_at) / self._min_interval)
+            filled_at = now
+            if tokens < 1:
+                await anyio.sleep((1 - tokens) * self._min_interval)  # what comes meanwhile joins in
+                tokens, filled_at = 1.0, time.monotonic()
+            tokens -= 1
             try:
                 await self._read()
                 failures = 0
@@ -181,7 +198,7 @@ class FinishWatch:
                 self._kick.set()
 
     async def _read(self) -> None:
-        """One read of the ids that may have finished, and one of the new ids' existence."""
+        """One read of the ids that may have finished, the new ones' whatever their phase."""
         registered = set(self._new)
         new = [i for i in registered if i in self._waiters]
         if self._all:
@@ -196,19 +213,18 @@ class FinishWatch:
         sql = self._store.sql
         with guarded:
             async with self._store.engine.connect() as conn:
-                rows = (await conn.execute(self._final_rows, {"ids": sql.id_list(ids)})).all()
+                params = {"ids": sql.id_list(ids), "new": sql.id_list(new)}
+                rows = (await conn.execute(self._rows, params)).all()
                 self.reads += 1
-                existing: set[str] = set()
-                if new:
-                    result = await conn.execute(self._existing, {"ids": sql.id_list(new)})
-                    existing = {row[0] for row in result}
-                    self.reads += 1
         self._new -= registered  # those registered meanwhile are read next time
+        found: set[str] = set()
         for row in rows:
             record = decode_execution(row)
-            self._resolve(record.id, record)
+            found.add(record.id)
+            if record.phase in FINAL_PHASES:
+                self._resolve(record.id, record)
         for execution_id in new:
-            if execution_id not in existing:
+            if execution_id not in found:
                 self._resolve(execution_id, None)
 
     def _resolve(self, execution_id: str, record: ExecutionRecord | None) -> None:
