@@ -56,7 +56,7 @@ class FinishWatch:
         store: Store,
         *,
         min_interval: float = 0.1,
-        burst: int = 4,
+        burst: int = 8,
         recheck: float = 5.0,
         linger: float = 10.0,
         data_version_interval: float = 0.02,
@@ -176,6 +176,8 @@ class FinishWatch:
             if not self._kick.is_set():
                 self._all = True  # the safety net: read every waited id now and then
             self._kick.clear()
+            if not self._due():
+                continue  # nothing waited for was notified: no read, no token spent
             now = time.monotonic()
             tokens = min(float(self._burst), tokens + (now - filled_at) / self._min_interval)
             filled_at = now
@@ -196,6 +198,10 @@ class FinishWatch:
                 get_logger().warning("waits.read_failed", error=error, retry_in=delay)
                 await anyio.sleep(delay)
                 self._kick.set()
+
+    def _due(self) -> bool:
+        """Whether a read may answer someone: a waiter registered, notified, or all to be read."""
+        return bool(self._waiters) and bool(self._all or self._new or self._notified)
 
     async def _read(self) -> None:
         """One read of the ids that may have finished, the new ones' whatever their phase."""
