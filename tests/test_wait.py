@@ -60,6 +60,9 @@ async def test_a_wait_is_answered_by_the_round_that_finishes_the_execution(
         await waiters(store, 3)
         assert not answers  # nothing has run yet: nobody was answered
         await reconciler.run_round()
+        committed = time.monotonic()
+    # Answered by the commit's wake-up, not by the safety net's read every 5 s.
+    assert time.monotonic() - committed < store.finish_watch.recheck
     assert answers[ok].phase is Phase.SUCCESS
     assert answers[ok].outputs == {"answer": 42}
     assert answers[failing].phase is Phase.PERMANENT_FAILURE
@@ -159,3 +162,36 @@ async def test_closing_the_store_ends_a_wait_with_a_clear_error(database_url: st
         await waiters(store, 1)
         await store.close()
     assert failure and "closed" in str(failure[0])
+
+
+async def test_the_commit_that_finishes_executions_announces_each_once(postgres_url: str) -> None:
+    """On PostgreSQL the round's commit notifies `executor_finished` with the ids it moved into a
+    final phase, in its own transaction (nothing else: not the unfinished, not a later commit)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    store = Store.from_url(postgres_url)
+    url = make_url(postgres_url)
+    listener = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database=url.database
+    )
+    received: list[str] = []
+    await listener.add_listener("executor_finished", lambda *args: received.append(args[3]))
+    try:
+        client, reconciler = await _parts(store, postgres_url)
+        finishing = await client.submit_many([Submission("echo", {"n": n}) for n in range(300)])
+        sleeping = await client.submit("core-sleep", {"duration": "1h"})
+        failing = await client.submit("core-sleep", {"duration": "not a duration"})
+        await reconciler.run_round()
+        await reconciler.run_round()
+
+        async def announced() -> list[str]:
+            return [i for payload in received for i in payload.split(",")]
+
+        found = await poll(announced, lambda ids: len(ids) >= len(finishing) + 1)
+        assert sorted(found) == sorted([*finishing, failing])  # each once; not the one still sleeping
+        assert sleeping not in found
+        assert all(len(payload.encode()) < 8000 for payload in received) and len(received) >= 2
+    finally:
+        await listener.close()
+        await store.close()

@@ -19,7 +19,9 @@ that finishing work never wakes an idle replica's loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,8 +36,6 @@ CHANNEL = "executor_wakeup"
 NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
 
 FINISHED_CHANNEL = "executor_finished"
-#: One notification per payload of the array, all in one statement (one round trip a commit).
-NOTIFY_FINISHED = f"SELECT pg_notify('{FINISHED_CHANNEL}', payload) FROM unnest($1::text[]) AS payload"
 #: PostgreSQL refuses a payload of 8000 bytes or more; ids are joined by commas up to this many.
 MAX_PAYLOAD = 7900
 
@@ -67,9 +67,22 @@ def finished_payloads(ids: Sequence[str]) -> list[str]:
     return payloads
 
 
-async def send_finished(conn: AsyncConnection, ids: Sequence[str]) -> None:
-    """Announce, at `conn`'s commit, that `ids` reached a final phase (one statement, however many)."""
-    await conn.exec_driver_sql(NOTIFY_FINISHED, (finished_payloads(ids),))
+@functools.cache
+def with_finished(insert_events: str) -> str:
+    """The round's INSERT of its events (`$1`..`$n`, an INSERT ... SELECT), which also notifies
+    `executor_finished` with the payloads of parameter `$n+1`: the commit's announcement costs
+    no round trip of its own. Only for a commit that finished some executions, so that has events
+    (each final phase is reached with one).
+
+    A SELECT in WITH runs only as far as the outer statement reads it; the condition reads it
+    once, as an init plan, whatever the number of events, and holds for every row.
+    """
+    count = len(re.findall(r"\$\d+", insert_events))
+    notifying = (
+        f"WITH finished AS (SELECT pg_notify('{FINISHED_CHANNEL}', payload) FROM "
+        f"unnest(${count + 1}::text[]) AS payload) "
+    )
+    return f"{notifying}{insert_events} WHERE (SELECT count(*) FROM finished) >= 0"
 
 
 class Coalescer:

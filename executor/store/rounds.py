@@ -32,7 +32,7 @@ class CommitResult:
 
 def reached_final(update: RecordUpdate) -> bool:
     """Whether this update moves its execution into a final phase (not a later write of a final
-    record, such as its clean-up's): what waiters are told about (see `notify.send_finished`)."""
+    record, such as its clean-up's): what waiters are told about (see `notify.with_finished`)."""
     return update.record.phase in FINAL_PHASES and any(event.phase in FINAL_PHASES for event in update.events)
 
 
@@ -193,11 +193,17 @@ class RoundQueries(StoreBase):
                 if update.record.id in kept
                 for event in update.events
             ]
-            if new_events:
-                await conn.exec_driver_sql(sql.insert_events_unnest, tuple(zip(*new_events, strict=True)))
+            # Executions this commit moved into a final phase are announced to waiters, delivered
+            # at commit (so a waiter reads them final), in the events' statement: no round trip more.
             finished = [u.record.id for u in updates if reached_final(u) and u.record.id in kept]
             if finished:
-                await notify.send_finished(conn, finished)  # delivered at commit: waiters find them final
+                arrays: tuple[Any, ...] = (
+                    *zip(*new_events, strict=True),
+                    notify.finished_payloads(finished),
+                )
+                await conn.exec_driver_sql(notify.with_finished(sql.insert_events_unnest), arrays)
+            elif new_events:
+                await conn.exec_driver_sql(sql.insert_events_unnest, tuple(zip(*new_events, strict=True)))
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:
                 result = await conn.exec_driver_sql(sql.release_allocations, (sql.id_list(releasing),))

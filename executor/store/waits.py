@@ -64,7 +64,8 @@ class FinishWatch:
         self._store = store
         self._min_interval = min_interval
         self._burst = burst
-        self._recheck = recheck
+        #: Seconds between the safety net's reads of every waited id.
+        self.recheck = recheck
         self._linger = linger
         self._data_version_interval = data_version_interval
 
@@ -171,7 +172,7 @@ class FinishWatch:
                     return
             else:
                 idle_since = None
-            with anyio.move_on_after(self._recheck if self._waiters else self._linger):
+            with anyio.move_on_after(self.recheck if self._waiters else self._linger):
                 await self._kick.wait()
             if not self._kick.is_set():
                 self._all = True  # the safety net: read every waited id now and then
