@@ -10,6 +10,7 @@ tests/test_wait_http.py.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import anyio
@@ -195,3 +196,28 @@ async def test_the_commit_that_finishes_executions_announces_each_once(postgres_
     finally:
         await listener.close()
         await store.close()
+
+
+async def test_a_watch_stops_without_waiters_and_starts_again_for_the_next(
+    store: Store, database_url: str
+) -> None:
+    from executor.store.waits import FinishWatch
+
+    store._finish_watch = FinishWatch(store, linger=0.05)
+    client, reconciler = await _parts(store, database_url)
+    first = await client.submit("echo", {"n": 1})
+    await reconciler.run_round()
+    assert (await client.wait(first, timeout=10)).outputs == {"n": 1}
+    task = store.finish_watch._task
+    assert task is not None
+
+    async def stopped() -> bool:
+        return task.done()
+
+    await poll(stopped, bool)  # its listener's connection closed
+    second = await client.submit("echo", {"n": 2})
+    async with anyio.create_task_group() as group:
+        group.start_soon(functools.partial(client.wait, second, timeout=10))
+        await waiters(store, 1)
+        await reconciler.run_round()
+    assert store.finish_watch.waiting == 0

@@ -51,6 +51,8 @@ Answer = asyncio.Future[ExecutionRecord | None]
 
 
 class FinishWatch:
+    """Every waiter of one store: one task that listens and reads for all (see the module)."""
+
     def __init__(
         self,
         store: Store,
@@ -145,18 +147,25 @@ class FinishWatch:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
-            self._listening.clear()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._listen)
-                await self._read_until_idle()
-                group.cancel_scope.cancel()
-        except Exception as err:  # a bug: waiters must not hang on it (the next waiter starts anew)
-            get_logger().error("waits.failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-            self._fail_all(err)
+        """Watch until `linger` seconds pass without waiters; again at once if one came while the
+        watch was stopping (it saw the task not yet done and started none)."""
+        while True:
+            self._listening.clear()
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._listen)
+                    await self._read_until_idle()
+                    group.cancel_scope.cancel()
+            except Exception as err:  # a bug: waiters must not hang on it (the next one starts anew)
+                get_logger().error("waits.failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+                self._fail_all(err)
+                return
+            if not self._waiters or self._closed:
+                return
+            self._all = True  # nothing was listening for a moment
 
     async def _read_until_idle(self) -> None:
         """Read on every wake-up, within the token bucket (`burst`, one per `min_interval`);
