@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import scenarios, stragglers, waits
+from bench import scenarios, schedules, stragglers, waits
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -12,4 +12,5 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
     "wait": waits.submit_to_answer,
+    "schedules": schedules.schedules_scenario,
 }

@@ -62,6 +62,8 @@ class DaemonRun:
     full_round_seconds: list[float] = field(default_factory=list)
     #: CPU over the clock (this process and the database's backends), when asked for.
     cpu: CpuUse | None = None
+    #: The wall clock (`time.time()`, as rows' `finished_at`) when the timed run began.
+    wall_started: float = 0.0
 
 
 class _Counter(NullObserver):
@@ -116,7 +118,7 @@ async def drive(
         tune_gc()  # as `executor run` does once started
         if window is not None:
             window.start()
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         await reconciler.run()
         seconds = counter.last_round_end - started
         used = window.finish() if window is not None else None
@@ -125,7 +127,7 @@ async def drive(
         await store.close()
     if done < expected:
         raise RuntimeError(f"the daemon finished {done} of {expected} executions")
-    return DaemonRun(expected, seconds, counter.rounds, counter.full_round_seconds, used)
+    return DaemonRun(expected, seconds, counter.rounds, counter.full_round_seconds, used, wall_started)
 
 
 class DaemonProcess:

@@ -47,6 +47,9 @@ class Sizes:
     #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
     pickup_seconds: float = 12.0
     busy_seconds: float = 5.0
+    #: Scenario 10: schedules all due in the same second, and the scheduler processes racing for them.
+    schedules: int = 10_000
+    schedule_replicas: int = 3
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -72,6 +75,8 @@ SMOKE = Sizes(
     straggler_seconds=0.05,
     pickup_seconds=1.0,
     busy_seconds=0.5,
+    schedules=50,
+    schedule_replicas=2,
 )
 
 

@@ -13,10 +13,13 @@ import asyncio
 import random
 import time
 
+from sqlalchemy import text
+
 from bench import daemon
 from bench.databases import Backend, PostgresBackend, submit
 from bench.scenarios import DAEMON, EXEC_PER_S, Context, _one_latency, latency_runs
 from executor.client import Client
+from executor.settings import Settings
 from executor.store import Store, Submission
 
 #: The task types of bench/plugins/stragglers.py (not imported here: importing it registers them).
@@ -29,6 +32,8 @@ S9 = "9. Pickup under load: submit to first handle while 10 calls take long"
 ALL_FAST = "all fast (echo)"
 SLOW_AWAIT = "1% awaiting in handle"
 SLOW_BLOCKING = "1% blocking (blocking=True)"
+#: The other 99%'s throughput: from the start to the last `echo` finished, slow calls excluded.
+FAST_PER_S = "fast ones' executions/s"
 
 
 def _with_slow(count: int, share: float, task_type: str, seconds: float) -> list[Submission]:
@@ -69,20 +74,60 @@ async def _stragglers_on(ctx: Context, backend: Backend) -> None:
             await backend.clone(template, "run")
             try:
                 result = await daemon.drive(backend.url("run"), count, ctx.plugins_dir, sizes.batch_size)
+                fast, fast_done_at = await _fast_ones_done(backend.url("run"))
             finally:
                 await backend.drop("run")
             ctx.report.measurement(scenario, store, subject, EXEC_PER_S, EXEC_PER_S).values.append(
                 result.executions / result.seconds
+            )
+            ctx.report.measurement(scenario, store, subject, FAST_PER_S, EXEC_PER_S).values.append(
+                fast / (fast_done_at - result.wall_started)
             )
             ctx.progress(f"{store}: {subject}, run {number}/{sizes.runs} done")
     for template in templates.values():
         await backend.drop(template)
 
     fast = ctx.report.measurement(scenario, store, ALL_FAST, EXEC_PER_S, EXEC_PER_S)
+    fast_seconds = count / fast.median
     for subject in (SLOW_AWAIT, SLOW_BLOCKING):
         slow = ctx.report.measurement(scenario, store, subject, EXEC_PER_S, EXEC_PER_S)
         ratio = ctx.report.ratio(f"{scenario}, {store}: {subject} / {ALL_FAST}", slow, fast)
         ctx.report.target(f"S8 {store}: {subject} >= 0.8 of all fast", ratio.value, 0.8, at_least=True)
+        ctx.report.notes.append(
+            f"S8 {store}, {subject}: the run cannot end before its last slow call does, and the last "
+            f"submission is slow, so even a daemon that lost no time to its stragglers reaches at most "
+            f"{fast_seconds / (fast_seconds + sizes.straggler_seconds):.2f} of all fast here "
+            f"({count:,} in {fast_seconds:.2f} s, plus {sizes.straggler_seconds:g} s)"
+            + (
+                f"; blocking calls also queue for the pool's {Settings().blocking_threads} threads"
+                if subject == SLOW_BLOCKING
+                else ""
+            )
+            + f"; measured {ratio.value:.2f}."
+        )
+        others = ctx.report.measurement(scenario, store, subject, FAST_PER_S, EXEC_PER_S)
+        beside = ctx.report.ratio(f"{scenario}, {store}: {FAST_PER_S}, {subject} / {ALL_FAST}", others, fast)
+        ctx.report.target(
+            f"S8 {store}: the fast 99% beside 1% {subject.split(' ', 1)[1]} >= 0.8 of all fast",
+            beside.value,
+            0.8,
+            at_least=True,
+        )
+
+
+async def _fast_ones_done(url: str) -> tuple[int, float]:
+    """How many `echo` executions the run finished, and when the last of them finished (the
+    wall clock): what the slow calls beside them cost the others, without their own duration."""
+    store = Store.from_url(url)
+    try:
+        async with store.engine.connect() as conn:
+            found = await conn.execute(
+                text("SELECT count(*), max(finished_at) FROM executions WHERE task_type = 'echo'")
+            )
+            count, last = found.one()
+        return int(count), float(last)
+    finally:
+        await store.close()
 
 
 async def pickup(ctx: Context) -> None:

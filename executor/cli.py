@@ -183,18 +183,21 @@ def _parser() -> argparse.ArgumentParser:
     from executor.schedules.commands import add_commands  # `executor schedule ...`
 
     add_commands(commands, as_json)
-    _add_wait_commands(commands, as_json, submit)
+    _add_module_commands(commands, as_json, submit)
     return parser
 
 
-def _add_wait_commands(
+def _add_module_commands(
     commands: Any, as_json: argparse.ArgumentParser, submit: argparse.ArgumentParser
 ) -> None:
-    """`executor wait` and `submit --wait` (cli_wait.py)."""
+    """The commands that live in modules of their own: `executor wait` and `submit --wait`
+    (cli_wait.py), `executor logs` (tasklog_commands.py)."""
     from executor import cli_wait
+    from executor.tasklog_commands import add_commands as add_log_commands
 
     cli_wait.add_commands(commands, as_json)
     cli_wait.add_submit_options(submit)
+    add_log_commands(commands, as_json)
 
 
 def _phase(text: str) -> Phase:

@@ -8,6 +8,7 @@ test-artifacts/. The page must load nothing from anywhere but the daemon.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -60,6 +61,25 @@ def daemon(tmp_path: Path) -> Iterator[str]:
         EXECUTOR_API_TOKEN=TOKEN,
         EXECUTOR_POLL_INTERVAL="200ms",
         EXECUTOR_LOG_FORMAT="json",
+        # One declared shell command, whose log the dashboard links (test_dashboard_shows_a_shell_log).
+        EXECUTOR_PLUGIN_CONFIG=json.dumps(
+            {
+                "shell": {
+                    "commands": {
+                        "greet": {
+                            "argv": [
+                                sys.executable,
+                                "-c",
+                                "import sys; print('hello', sys.argv[1])",
+                                "{name}",
+                            ]
+                        }
+                    },
+                    "log_dir": str(tmp_path / "shell-logs"),
+                    "poll_interval": "0.1s",
+                }
+            }
+        ),
     )
     log = tmp_path / "daemon.log"
     with log.open("w") as sink:
@@ -183,3 +203,25 @@ def test_dashboard_shows_an_execution_from_submission_to_success(chromium: Path,
 
     strangers = [url for url in requested if not url.startswith(daemon)]
     assert strangers == [], f"the page fetched from elsewhere: {strangers}"
+
+
+def test_dashboard_shows_a_shell_commands_log(chromium: Path, daemon: str) -> None:
+    """The execution's page links the TaskLog the shell plugin reports; the link shows the
+    command's output, fetched with the page's token."""
+    expect = playwright_api.expect
+    execution_id = submit(daemon, "shell", {"command": "greet", "params": {"name": "dashboard"}})
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(f"{daemon}/")
+            page.fill("#token", TOKEN)
+            page.click("#token-form button")
+            page.goto(f"{daemon}/#/executions/{execution_id}")
+            expect(page.locator("#execution")).to_have_attribute("data-phase", "SUCCESS", timeout=15_000)
+            link = page.locator("#execution a.log-link")
+            expect(link).to_have_text("output")
+            link.click()
+            expect(page.locator("#log")).to_have_text("hello dashboard\n")
+        finally:
+            browser.close()

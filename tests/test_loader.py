@@ -80,8 +80,8 @@ def no_real_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 #: The plugins the project ships in plugins/ (examples/ is a directory without __init__: not loaded).
-BUILT_IN_FILES = {"echo.py", "sleep.py", "http_job.py"}
-BUILT_IN_IDS = {"core-sleep", "echo", "http-job"}
+BUILT_IN_FILES = {"echo.py", "sleep.py", "http_job.py", "shell.py", "ray_job.py"}
+BUILT_IN_IDS = {"core-sleep", "echo", "http-job", "shell", "ray-job"}
 
 
 # -- the repository's plugins/ ------------------------------------------------------------------

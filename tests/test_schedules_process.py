@@ -235,3 +235,20 @@ def _most_at_once(url: str, name: str) -> int:
 
     found = asyncio.run(spans())
     return max(sum(1 for a, b in found if a <= t < b) for t, _ in found)
+
+
+def test_a_schedule_declared_in_code_and_in_the_file_stops_the_start_with_its_name(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Last-declared-wins would make the stored schedule depend on the order of declaration: refused."""
+    path = schedules_file(tmp_path, [{"name": "in-code", "task_type": "tick", "every": 60.0}])
+    env = daemon_env(sqlite_url, PLUGINS, EXECUTOR_SCHEDULES_FILE=str(path), SCHEDULE_TEST_DECLARE="in-code")
+    started = executor(env, tmp_path, "run")
+    assert started.returncode != 0
+    assert "'in-code' is declared both in plugin code and in" in started.stderr, started.stderr
+
+    twice = schedules_file(tmp_path, [{"name": "dup", "task_type": "tick", "every": 60.0}] * 2)
+    env = daemon_env(sqlite_url, PLUGINS, EXECUTOR_SCHEDULES_FILE=str(twice))
+    started = executor(env, tmp_path, "run")
+    assert started.returncode != 0 and "'dup' is declared twice in" in started.stderr, started.stderr
+    assert executions_of(sqlite_url, "dup") == []

@@ -272,6 +272,39 @@ async def test_a_commit_writes_the_rows_it_still_holds_and_drops_the_others(stor
     assert [e.seq for e in await store.events(lost_id)] == [1]
 
 
+async def test_a_round_commit_takes_late_outcomes_under_their_own_leases(store: Store) -> None:
+    """A call of round 1 that outlived it is folded into round 2's commit: its row is fenced by
+    round 1's token, and an ended one keeps its lease as round 2's (its clean-up commits under
+    it); a folded row whose lease another replica took is dropped, the rest still written."""
+    late_id = await store.submit(Submission("echo"), now=T0)
+    lost_id = await store.submit(Submission("echo"), now=T0 + 1)
+    [late, lost] = await store.claim(
+        owner="a", token="r1", limit=10, lease_ttl=TTL, now=T0 + 1, lease_now=T0 + 1
+    )
+    fresh_id = await store.submit(Submission("echo"), now=T0 + 2)
+    [fresh] = await store.claim(owner="a", token="r2", limit=10, lease_ttl=TTL, now=T0 + 2, lease_now=T0 + 2)
+    assert fresh.id == fresh_id
+    await store.release_leases("r1", [lost_id])  # another replica gets hold of `lost` meanwhile
+    assert await claim(store, "other", T0 + 3, owner="replica-b") == [lost_id]
+
+    now = T0 + 4
+    updates = [
+        moved(fresh, Phase.RUNNING, now),
+        moved(late, Phase.SUCCESS, now),
+        moved(lost, Phase.SUCCESS, now),
+    ]
+    result = await store.commit_round("r2", updates, now=now, held={late_id: "r1", lost_id: "r1"})
+
+    assert result == CommitResult(frozenset({fresh_id, late_id}), frozenset({lost_id}))
+    ended = await must_get(store, late_id)
+    assert ended.phase is Phase.SUCCESS and ended.lease_token == "r2", "kept for its clean-up, as r2's"
+    assert (await must_get(store, fresh_id)).lease_token is None
+    assert (await must_get(store, lost_id)).lease_token == "other"
+    assert [e.seq for e in await store.events(lost_id)] == [1]
+    cleaned = await store.commit_round("r2", [RecordUpdate(replace(ended, finalized=True))], now=now + 1)
+    assert cleaned.committed == {late_id}
+
+
 async def test_state_and_outputs_are_written_only_when_the_round_changed_them(store: Store) -> None:
     execution_id = await store.submit(Submission("echo"), now=T0)
 

@@ -187,6 +187,41 @@ async def test_a_slow_finalize_does_not_hold_the_executions_beside_it(
     assert gate.calls() == ["handle", "finalize", "finalize-done"]
 
 
+@pytest.mark.parametrize("wait_in", ["handle", "finalize"])
+async def test_a_call_that_finishes_late_is_committed_by_the_next_round_that_claims(
+    store: Store, database_url: str, tmp_path: Path, wait_in: str
+) -> None:
+    """Folded into the round's own commit, fenced by its first round's lease, instead of a commit
+    of its own: with 1% of calls slow that was two or three more commits per round. A slow
+    handle's execution is then cleaned up under the new round's lease, and ends once."""
+    gate = Gate(tmp_path)
+    [slow] = await submit(store, ("gated", gate.inputs(wait_in)))
+    reconciler = await make_reconciler(store, database_url)
+    rounds, stragglers = reconciler._rounds, reconciler._stragglers  # stepped by hand, half by half
+
+    first = await rounds.finish(await rounds.claim_and_handle(), time.perf_counter())
+    assert (first.claimed, stragglers.pending) == (1, 1), "the gated call outlived its round"
+    gate.open()
+    with anyio.fail_after(15):
+        await stragglers.settled()
+    fast = await submit(store, *[("echo", {"i": i}) for i in range(5)])
+    second = await rounds.finish(await rounds.claim_and_handle(), time.perf_counter())
+
+    assert second.claimed == len(fast)
+    assert second.committed == len(fast) + 1, "the late outcome was not in the round's commit"
+    assert await finalized(store, [*fast, slow])
+    assert reconciler.in_flight == 0, "a lease is still held for an execution that is done"
+    record = await store.get(slow)
+    assert record is not None and record.phase is Phase.SUCCESS and record.lease_token is None
+    assert await event_phases(store, slow) == await event_phases(store, fast[0])
+    expected = (
+        ["handle", "handle-done", "finalize"]
+        if wait_in == "handle"
+        else ["handle", "finalize", "finalize-done"]
+    )
+    assert gate.calls() == expected
+
+
 async def test_a_call_outlives_several_lease_ttls_without_another_replica_taking_it(
     store: Store, database_url: str, tmp_path: Path
 ) -> None:

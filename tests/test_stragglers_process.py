@@ -152,7 +152,13 @@ def test_sigterm_cancels_a_call_past_the_grace_and_hands_its_lease_back(
 def test_two_replicas_the_one_holding_a_slow_call_is_killed_and_the_other_finishes_it(
     postgres_url: str, tmp_path: Path, plugins_dir: Path, start_daemon: Callable[[dict[str, str]], Daemon]
 ) -> None:
-    common: dict[str, Any] = {"EXECUTOR_LEASE_TTL": "2s", "EXECUTOR_LEASE_RENEW_INTERVAL": "500ms"}
+    # The handle timeout is far off: on a loaded machine the five CLI submissions below took more
+    # than the default 30 s, and the holder timed its call out before it was killed.
+    common: dict[str, Any] = {
+        "EXECUTOR_LEASE_TTL": "2s",
+        "EXECUTOR_LEASE_RENEW_INTERVAL": "500ms",
+        "EXECUTOR_HANDLE_TIMEOUT": "10m",
+    }
     replicas = {
         name: start_daemon(daemon_env(postgres_url, plugins_dir, EXECUTOR_REPLICA_ID=name, **common))
         for name in ("one", "two")

@@ -39,6 +39,8 @@ from executor.core import Phase
 from executor.http.metrics import Metrics
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
+from executor.http.tasklogs import LogApi
+from executor.http.tasklogs import openapi_paths as log_openapi_paths
 from executor.http.waits import WAIT_PARAMETER, LongPollError, LongPolls
 from executor.limits import (
     INT32_MAX,
@@ -468,6 +470,7 @@ class Api:
             Route("/stats/finished", self.finished, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *ScheduleApi(self.client, PREFIX).routes(),
+            *LogApi(self.client).routes(),
         ]
 
     async def executions(self, request: Request) -> Response:
@@ -948,5 +951,6 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **schedule_openapi_paths(),
+            **log_openapi_paths(),
         },
     }

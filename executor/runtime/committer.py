@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection, Coroutine, Mapping
 from typing import Any
 
 from executor.core.records import RecordUpdate
@@ -36,12 +36,14 @@ class Committer:
         now: float,
         release_allocations_of: Collection[str],
         warn_lost: bool = False,
+        held: Mapping[str, str] | None = None,
     ) -> CommitResult:
-        """Commit `updates` under the lease `token` of round `number`, releasing the quota tokens
-        still held by the executions in `release_allocations_of`; with `warn_lost`, name the rows
-        whose lease another replica took meanwhile."""
+        """Commit `updates` under the lease `token` of round `number` (or of the earlier round
+        `held` names for an id), releasing the quota tokens still held by the executions in
+        `release_allocations_of`; with `warn_lost`, name the rows whose lease another replica
+        took meanwhile."""
         result = await self._store.commit_round(
-            token, updates, now=now, release_allocations_of=release_allocations_of
+            token, updates, now=now, release_allocations_of=release_allocations_of, held=held
         )
         if warn_lost and result.lost:
             self._log.warning(

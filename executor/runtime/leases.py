@@ -8,7 +8,7 @@ releases them, so that its executions run again at once, here or elsewhere, not 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import anyio
@@ -43,6 +43,14 @@ class InFlight:
         ids = self._leases.pop(token, None)
         if ids is not None and keep:
             self._leases[token] = ids & set(keep)
+
+    def move(self, token: str, moved: Mapping[str, str]) -> None:
+        """A commit under `token` took these executions from the leases `moved` names (id ->
+        token): those it kept leased are now `token`'s (see `Store.commit_round`'s `held`)."""
+        for execution_id, old in moved.items():
+            self.forget(old, (execution_id,))
+        if moved:
+            self._leases.setdefault(token, set()).update(moved)
 
     def forget(self, token: str, ids: Collection[str]) -> None:
         """These leases were written off by a commit, or lost to another replica."""

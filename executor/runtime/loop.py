@@ -145,8 +145,10 @@ class Reconciler:
                     # The previous round's commit: its error, if any, is this one's (which hands
                     # this round's leases back below).
                     await self._commits.previous()
-                    await self._rounds.commit_late()
                     claimed = len(handled.claimed)
+                    if not claimed:
+                        # Else the round's commit takes the calls that finished late (`finish`).
+                        await self._rounds.commit_late()
                     if self._commits.may_overlap(claimed) and not self._stopping:
                         # More is likely due: claim it while this round commits.
                         self._commits.start(self._rounds.finish(handled, started))

@@ -52,6 +52,11 @@ class HandledRound:
     settled: set[str] = field(default_factory=set)
     #: Executions whose call goes on after this round: they keep its lease past its commit.
     kept: set[str] = field(default_factory=set)
+    #: Outcomes of calls of earlier rounds that finished since, folded into this round's commit:
+    #: execution id -> the lease token its row holds (that round's). One commit, not one each.
+    held: dict[str, str] = field(default_factory=dict)
+    #: Of those, the executions whose clean-up finished: recorded as they are, not cleaned again.
+    late_cleaned: set[str] = field(default_factory=set)
     now: float = 0.0
 
 
@@ -156,15 +161,45 @@ class RoundRunner:
         if not handled.claimed:
             stats = RoundStats(handled.number, 0, 0, 0, 0)
         else:
+            self._fold_late(handled)
+            committed = False
             try:
                 stats = await self._commit(handled)
+                committed = True
             except BaseException:
                 await self.abandon(handled)
                 raise
             finally:
+                if committed:
+                    self._leases.move(handled.token, handled.held)
+                else:  # their outcomes are gone with the commit: the leases lapse, the calls run again
+                    for execution_id, token in handled.held.items():
+                        self._leases.forget(token, (execution_id,))
                 self._leases.drop(handled.token, keep=handled.kept)
         self._observer.round_finished(stats, time.perf_counter() - started)
         return stats
+
+    def _fold_late(self, handled: HandledRound) -> None:
+        """Take the outcomes of the calls that finished since the last commit into this round's:
+        each row fenced by its own round's lease, as `commit_late` would have, but in one
+        transaction with the round instead of one more per earlier round. With 1% of calls slow,
+        every round had two or three such commits of its own, a third of its time on SQLite."""
+        late = self._stragglers.take_finished()
+        if not late:
+            return
+        for straggler in late:
+            handled.held[straggler.record.id] = straggler.token
+        handles = [(s.record, s.call.outcome) for s in late if s.kind is CallKind.HANDLE]
+        if handles:
+            self._advance(handled, handles)
+        cleanups = [s for s in late if s.kind is CallKind.CLEAN_UP]
+        if cleanups:
+            done = CleanUps()
+            for straggler in cleanups:
+                done.add(straggler.record.id, *straggler.call.outcome)
+            handled.updates.extend(done.updates)
+            handled.late_cleaned.update(s.record.id for s in cleanups)
+            handled.settled |= done.completed
 
     async def abandon(self, handled: HandledRound) -> None:
         """The round was cancelled (the shutdown grace ran out) or its commit failed (the database
@@ -260,12 +295,21 @@ class RoundRunner:
     async def _commit(self, handled: HandledRound) -> RoundStats:
         number, token, updates = handled.number, handled.token, handled.updates
         result = await self._committer.write(
-            number, token, updates, now=handled.now, release_allocations_of=handled.settled, warn_lost=True
+            number,
+            token,
+            updates,
+            now=handled.now,
+            release_allocations_of=handled.settled,
+            warn_lost=True,
+            held=handled.held,
         )
         ended = [
             u.record
             for u in updates
-            if u.record.id in result.committed and u.record.phase.is_terminal and not u.record.finalized
+            if u.record.id in result.committed
+            and u.record.phase.is_terminal
+            and not u.record.finalized
+            and u.record.id not in handled.late_cleaned
         ]
         finalized = await self._clean_up(handled, ended + handled.awaiting_cleanup)
         finalized += len(handled.settled & result.committed)

@@ -30,11 +30,13 @@ async def declare_at_start(client: Client, settings: Settings) -> None:
     A bad declaration stops the start-up with its reason, as a broken plugin does.
     """
     specs = declared_in_code()
+    in_code = {spec.name for spec in specs}
     if settings.schedules_file is not None:
-        specs += read_file(settings.schedules_file)
+        in_file = read_file(settings.schedules_file)
+        _refuse_twice_declared(in_code, in_file, settings.schedules_file)
+        specs += in_file
     schedules = Schedules(client)
     log = get_logger(replica=settings.replica_id)
-    in_code = {spec.name for spec in declared_in_code()}
     for spec in specs:
         try:
             result = await schedules.declare(spec, "code" if spec.name in in_code else "file")
@@ -42,3 +44,18 @@ async def declare_at_start(client: Client, settings: Settings) -> None:
             raise ScheduleError(f"schedule {spec.name!r}: {err}") from None
         if result != "unchanged":
             log.info("schedules.declared", schedule=spec.name, result=result)
+
+
+def _refuse_twice_declared(in_code: set[str], in_file: list[ScheduleSpec], path: object) -> None:
+    """A name declared twice would leave the stored schedule to whichever came last, silently
+    (and differently on replicas that see different files): refused at start-up instead."""
+    seen: set[str] = set()
+    for spec in in_file:
+        if spec.name in in_code:
+            raise ScheduleError(
+                f"schedule {spec.name!r} is declared both in plugin code and in {path}; "
+                "a schedule has one source: remove one of them"
+            )
+        if spec.name in seen:
+            raise ScheduleError(f"schedule {spec.name!r} is declared twice in {path}")
+        seen.add(spec.name)

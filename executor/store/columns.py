@@ -362,7 +362,8 @@ def _committed_value(col: Col, lines: list[str]) -> str:
 
 
 def _commit_rows_builder() -> Callable[
-    [Sequence[RecordUpdate], str, float], dict[tuple[bool, bool], list[tuple[Any, ...]]]
+    [Sequence[RecordUpdate], str, float, Mapping[str, str] | None],
+    dict[tuple[bool, bool], list[tuple[Any, ...]]],
 ]:
     """The rows of one update per shape of change (see `statements.Statements.update_round`):
     state and outputs are written only when the round changed them.
@@ -370,7 +371,8 @@ def _commit_rows_builder() -> Callable[
     Each row is built as one tuple, each field read once: this runs for every execution of every
     round. A row holds the `committed_columns` of its shape, then `next_round_at` for an abort
     requested while the round ran, `next_round_at` otherwise, the id, and the token the row must
-    still hold.
+    still hold: `token`, or the one `held` names for it (the lease of an earlier round whose call
+    finished late, folded into this commit; a row that keeps its lease then takes `token`'s).
     """
     prelude: list[str] = []
     always = [_committed_value(col, prelude) for col in _ALWAYS]
@@ -383,8 +385,9 @@ def _commit_rows_builder() -> Callable[
         return "".join(f"    {line}\n" for line in lines)
 
     source = (
-        "def commit_rows(updates, token, now):\n"
+        "def commit_rows(updates, token, now, held=None):\n"
         "    groups = {}\n"
+        "    held_by = held.get if held else None\n"
         "    for item in updates:\n"
         "        record = item.record\n"
         + "".join(f"        c_{name} = record.{name}\n" for name in _READ_FIRST)
@@ -404,7 +407,7 @@ def _commit_rows_builder() -> Callable[
         "            next_round_at if terminal else now,\n"
         "            next_round_at,\n"
         "            record.id,\n"
-        "            token,\n"
+        "            token if held_by is None else held_by(record.id, token),\n"
         "        )\n"
         "        shape = (item.state_changed, item.outputs_changed)\n"
         "        group = groups.get(shape)\n"

@@ -94,27 +94,31 @@ class RoundQueries(StoreBase):
         *,
         now: float,
         release_allocations_of: Collection[str] = (),
+        held: Mapping[str, str] | None = None,
     ) -> CommitResult:
-        """Write a round's results in one transaction, only for rows whose lease is still `token`.
+        """Write a round's results in one transaction, only for rows whose lease is still `token`
+        (or, for the ids `held` names, the token it gives: outcomes of calls that outlived an
+        earlier round, taken by this round's commit instead of one commit each).
 
         A final record keeps its lease until its clean-up is recorded, so that no other replica
-        runs `finalize` meanwhile; every other record's lease is released. The quota tokens of
-        `release_allocations_of` (executions whose clean-up completed) are released in the same
-        transaction: one statement for the round, never one per execution.
+        runs `finalize` meanwhile, and that lease is then `token`'s, whatever it was; every other
+        record's lease is released. The quota tokens of `release_allocations_of` (executions
+        whose clean-up completed) are released in the same transaction: one statement for the
+        round, never one per execution.
         """
         if not updates:
             return CommitResult(frozenset(), frozenset())
         with guarded:
             if self.dialect is postgres.DIALECT:
-                return await self._commit_round_returning(token, updates, now, release_allocations_of)
+                return await self._commit_round_returning(token, updates, now, release_allocations_of, held)
             if self.dialect is sqlite.DIALECT:
                 try:
                     return await self._commit_round(
-                        token, updates, now, release_allocations_of, checked=False
+                        token, updates, now, release_allocations_of, held, checked=False
                     )
                 except _LeaseLostError:
                     pass  # rolled back: write it again, row by row as the lease check allows
-            return await self._commit_round(token, updates, now, release_allocations_of, checked=True)
+            return await self._commit_round(token, updates, now, release_allocations_of, held, checked=True)
 
     async def _commit_round(
         self,
@@ -122,6 +126,7 @@ class RoundQueries(StoreBase):
         updates: Sequence[RecordUpdate],
         now: float,
         release_allocations_of: Collection[str],
+        held: Mapping[str, str] | None,
         *,
         checked: bool,
     ) -> CommitResult:
@@ -137,7 +142,13 @@ class RoundQueries(StoreBase):
         sql = self.sql
         async with self._writer.begin() as conn:
             if checked:
-                kept = await self._still_leased(conn, token, wanted)
+                by_token: dict[str, list[str]] = {}
+                for execution_id in wanted:
+                    fence = held.get(execution_id, token) if held else token
+                    by_token.setdefault(fence, []).append(execution_id)
+                kept = set()
+                for fence, ids in by_token.items():
+                    kept |= await self._still_leased(conn, fence, ids)
                 mine = [update for update in updates if update.record.id in kept]
             else:
                 kept, mine = set(wanted), list(updates)
@@ -145,7 +156,7 @@ class RoundQueries(StoreBase):
             # row's parameters cost more than the database's work (see `statements.py`).
             driver = await Aiosqlite.of(conn)
             written = 0
-            for shape, rows in commit_rows(mine, token, now).items():
+            for shape, rows in commit_rows(mine, token, now, held).items():
                 written += await driver.executemany(sql.update_round(*shape), rows)
             if not checked and written != len(mine):
                 raise _LeaseLostError
@@ -166,6 +177,7 @@ class RoundQueries(StoreBase):
         updates: Sequence[RecordUpdate],
         now: float,
         release_allocations_of: Collection[str],
+        held: Mapping[str, str] | None,
     ) -> CommitResult:
         """`commit_round` on PostgreSQL: one statement per shape of change and one for the events,
         each taking its rows as arrays (`unnest`), the updates fenced by the lease token.
@@ -182,7 +194,7 @@ class RoundQueries(StoreBase):
         sql = self.sql
         async with self._writer.begin() as conn:
             kept: set[str] = set()
-            for shape, rows in commit_rows(updates, token, now).items():
+            for shape, rows in commit_rows(updates, token, now, held).items():
                 # One array per column, the round's token too (see `update_round_unnest`).
                 columns = tuple(zip(*rows, strict=True))
                 result = await conn.exec_driver_sql(sql.update_round_unnest(*shape), columns)

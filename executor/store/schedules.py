@@ -267,26 +267,52 @@ class ScheduleStore:
                 for (schedule_id, slot, _), eid in zip(keyed, ids, strict=True):
                     last[schedule_id] = (slot, eid)
                     made.setdefault(names[schedule_id], []).append(eid)
-                await conn.execute(
-                    text(
-                        "UPDATE schedules SET next_slot_at = :next, updated_at = :now, "
-                        "last_slot_at = COALESCE(:last_slot, last_slot_at), "
-                        "last_execution_id = COALESCE(:last_id, last_execution_id) WHERE id = :id"
-                    ),
-                    [
-                        {
-                            "id": d.schedule.id,
-                            "next": d.next_slot,
-                            "now": now,
-                            "last_slot": last.get(d.schedule.id, (None, None))[0],
-                            "last_id": last.get(d.schedule.id, (None, None))[1],
-                        }
-                        for d in decisions
-                    ],
-                )
+                await self._advance(conn, decisions, last, now)
                 if ids and self.store.dialect is postgres.DIALECT:
                     await notify.send(conn)
         return Fired(made, overlapped, len(decisions))
+
+    async def _advance(
+        self,
+        conn: AsyncConnection,
+        decisions: Sequence[Decision],
+        last: Mapping[str, tuple[float, str]],
+        now: float,
+    ) -> None:
+        """Every decided schedule moved on to its next slot, with its last slot and execution.
+
+        PostgreSQL: one statement over arrays (a batch of 500 sent as 500 updates, even pipelined,
+        was a third of a batch's time); SQLite: `executemany` in the open write transaction.
+        """
+        ids = [d.schedule.id for d in decisions]
+        nexts = [d.next_slot for d in decisions]
+        slots = [last[i][0] if i in last else None for i in ids]
+        executions = [last[i][1] if i in last else None for i in ids]
+        if self.store.dialect is postgres.DIALECT:
+            await conn.execute(
+                text(
+                    "UPDATE schedules AS s SET next_slot_at = u.next_slot_at, updated_at = :now, "
+                    "last_slot_at = COALESCE(u.last_slot_at, s.last_slot_at), "
+                    "last_execution_id = COALESCE(u.last_execution_id, s.last_execution_id) "
+                    "FROM unnest(CAST(:ids AS VARCHAR(36)[]), CAST(:nexts AS DOUBLE PRECISION[]), "
+                    "CAST(:slots AS DOUBLE PRECISION[]), CAST(:executions AS VARCHAR(36)[])) "
+                    "AS u(id, next_slot_at, last_slot_at, last_execution_id) "
+                    "WHERE s.id = ANY(CAST(:ids AS VARCHAR(36)[])) AND s.id = u.id"
+                ),
+                {"ids": ids, "nexts": nexts, "slots": slots, "executions": executions, "now": now},
+            )
+            return
+        await conn.execute(
+            text(
+                "UPDATE schedules SET next_slot_at = :next, updated_at = :now, "
+                "last_slot_at = COALESCE(:last_slot, last_slot_at), "
+                "last_execution_id = COALESCE(:last_id, last_execution_id) WHERE id = :id"
+            ),
+            [
+                {"id": i, "next": n, "now": now, "last_slot": slot, "last_id": eid}
+                for i, n, slot, eid in zip(ids, nexts, slots, executions, strict=True)
+            ],
+        )
 
     async def _still_running(self, conn: AsyncConnection, ids: Sequence[str | None]) -> set[str]:
         wanted = sorted({i for i in ids if i is not None})

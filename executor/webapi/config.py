@@ -51,10 +51,13 @@ class WebApiConfig(BaseModel):
     resource_quotas: dict[str, int] = Field(default_factory=dict)
 
     def with_overrides(self, overrides: Any) -> WebApiConfig:
-        """This config with `overrides` (a mapping, or None) applied and validated."""
+        """This config with `overrides` (a mapping, or None) applied and validated.
+
+        Of the same class: a plugin may subclass `WebApiConfig` with knobs of its own (the Ray
+        cluster's address, say), set in the same `EXECUTOR_PLUGIN_CONFIG` object."""
         if not overrides:
             return self
-        return WebApiConfig.model_validate({**self.model_dump(), **dict(overrides)})
+        return type(self).model_validate({**self.model_dump(), **dict(overrides)})
 
     @property
     def resync(self) -> timedelta:

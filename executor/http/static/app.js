@@ -164,9 +164,36 @@ async function loadExecution(id) {
       field("labels", json(execution.labels)),
       field("inputs", json(execution.inputs)),
       field("outputs", execution.outputs === null ? "–" : json(execution.outputs)),
+      logLinks(events.items),
     ),
+    h("pre", { class: "mono log", id: "log", hidden: true }),
   ].filter(Boolean));
   renderTimeline(events.items);
+}
+
+// The TaskLogs the plugin reported (the latest of each name). One of this API (a shell command's
+// output) is fetched with the token and shown in place; another (a Ray dashboard) opens as a link.
+// Only http(s) and this server's paths are linked: a plugin's URI is never run as script.
+function logLinks(events) {
+  const byName = new Map();
+  for (const event of events) {
+    for (const log of (event.info && event.info.logs) || []) byName.set(log.name, log.uri);
+  }
+  const links = [...byName.entries()].filter(([, uri]) => /^(https?:\/\/|\/)/.test(uri)).map(([name, uri]) =>
+    uri.startsWith(API + "/")
+      ? h("a", { href: uri, class: "log-link", "data-uri": uri, onclick: (e) => { e.preventDefault(); showLog(uri); } }, name)
+      : h("a", { href: uri, class: "log-link", target: "_blank", rel: "noopener noreferrer" }, name));
+  return links.length ? field("logs", links.flatMap((link, i) => (i ? [" · ", link] : [link]))) : null;
+}
+
+async function showLog(uri) {
+  const pre = document.getElementById("log");
+  const headers = {};
+  const token = localStorage.getItem("executor.token");
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(`${uri}?offset=-65536`, { headers });
+  pre.textContent = response.ok ? await response.text() : `log unavailable: HTTP ${response.status}`;
+  pre.hidden = false;
 }
 
 function renderTimeline(events) {
