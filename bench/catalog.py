@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import functions, longrun, retention, scenarios, schedules, stragglers
+from bench import functions, longrun, retention, scenarios, schedules, stragglers, waits
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     **scenarios.SCENARIOS,
     "stragglers": stragglers.stragglers,
     "pickup": stragglers.pickup,
+    "wait": waits.submit_to_answer,
     "schedules": schedules.schedules_scenario,
     "pruning": retention.pruning,
     "churn": retention.churn,

@@ -1,7 +1,8 @@
 """The `executor` command line.
 
 Exit codes mean something to scripts: 0 done, 1 not found or refused (nothing was changed),
-2 bad usage or invalid settings. `--json` prints machine-readable output on stdout; errors go to
+2 bad usage or invalid settings; `wait` and `submit --wait` exit 1 on a failed execution and 124
+when their time ran out (see cli_wait.py). `--json` prints machine-readable output on stdout; errors go to
 stderr as one line starting with `executor:`.
 """
 
@@ -179,19 +180,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(command=_config)
 
-    _add_command_modules(commands, as_json)
+    _add_command_modules(commands, as_json, submit)
     return parser
 
 
-def _add_command_modules(commands: Any, as_json: argparse.ArgumentParser) -> None:
-    """The commands that live in modules of their own, each registered by its `add_commands`."""
-    from executor.history.commands import add_commands as add_history_commands  # retry, failures, prune
-    from executor.schedules.commands import add_commands  # `executor schedule ...`
-    from executor.tasklog_commands import add_commands as add_log_commands  # `executor logs`
+def _add_command_modules(
+    commands: Any, as_json: argparse.ArgumentParser, submit: argparse.ArgumentParser
+) -> None:
+    """The commands that live in modules of their own, each registered by its `add_commands`:
+    `executor schedule ...`, `logs`, `retry` / `failures` / `prune`, `wait` and `submit --wait`."""
+    from executor import cli_wait
+    from executor.history.commands import add_commands as add_history_commands
+    from executor.schedules.commands import add_commands as add_schedule_commands
+    from executor.tasklog_commands import add_commands as add_log_commands
 
-    add_commands(commands, as_json)
+    add_schedule_commands(commands, as_json)
     add_log_commands(commands, as_json)
     add_history_commands(commands, as_json)
+    cli_wait.add_commands(commands, as_json)
+    cli_wait.add_submit_options(submit)
 
 
 def _phase(text: str) -> Phase:
@@ -271,6 +278,11 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         if not sep or not key:
             raise CommandError(f"--label {item!r} is not KEY=VALUE", USAGE)
         labels[key] = value
+    from executor.cli_wait import checked_timeout, wait_and_print
+
+    wait_timeout = checked_timeout(args.wait_timeout, "--wait-timeout")  # refused before submitting
+    if args.wait_timeout is not None and not args.wait:
+        raise CommandError("--wait-timeout needs --wait", USAGE)
 
     async def body(client: Client) -> int:
         try:
@@ -289,6 +301,10 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             )
         except SubmissionError as err:
             raise CommandError(f"submission refused: {err}") from None
+        if args.wait:
+            if not args.json:
+                print(execution_id, flush=True)  # before the wait: the id is known at once
+            return await wait_and_print(client, execution_id, wait_timeout, args.json)
         if args.json:
             _print_json({"id": execution_id})
         else:

@@ -62,6 +62,26 @@ class UnknownTaskTypeError(SubmissionError):
         self.known = known
 
 
+class ExecutionNotFoundError(LookupError):
+    """No execution has the id (`Client.wait`)."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no execution with id {execution_id}")
+        self.execution_id = execution_id
+
+
+class WaitTimeoutError(TimeoutError):
+    """`Client.wait` gave up: the execution was not final within the time given; `record` is the
+    execution as it was then."""
+
+    def __init__(self, execution_id: str, seconds: float, record: ExecutionRecord | None) -> None:
+        phase = f" (still {record.phase.name})" if record is not None else ""
+        super().__init__(f"execution {execution_id} did not finish within {seconds:g}s{phase}")
+        self.execution_id = execution_id
+        self.seconds = seconds
+        self.record = record
+
+
 class SchemaError(RuntimeError):
     """The database is not migrated to the schema this version needs."""
 
@@ -293,6 +313,27 @@ class Client:
             return []
         return await self.store.events(execution_id)
 
+    async def wait(self, execution_id: str, *, timeout: Duration | None = None) -> ExecutionRecord:  # noqa: ASYNC109
+        """The execution once it has ended (SUCCESS, PERMANENT_FAILURE or ABORTED), outputs
+        included. `timeout` takes a duration as `submit` does (None: as long as it takes); past it,
+        `WaitTimeoutError`. No execution with the id: `ExecutionNotFoundError`.
+
+        Waiting costs the database nothing per waiter: every wait of the process shares one
+        listener and one read per wake-up (the NOTIFY that the daemon's commit sends on
+        PostgreSQL, `PRAGMA data_version` on SQLite; see `executor.store.waits`).
+        """
+        seconds = wait_seconds(timeout)
+        if name_problem(execution_id) is not None:
+            raise ExecutionNotFoundError(execution_id)
+        try:
+            record = await self.store.wait_final(execution_id, seconds)
+        except TimeoutError:
+            assert seconds is not None
+            raise WaitTimeoutError(execution_id, seconds, await self.store.get(execution_id)) from None
+        if record is None:
+            raise ExecutionNotFoundError(execution_id)
+        return record
+
     async def abort(self, execution_id: str, reason: str = "Aborted by user") -> AbortResult:
         """Ask for an abort; the reason is checked as a submission's text is (`SubmissionError`)."""
         if not isinstance(reason, str):
@@ -301,6 +342,12 @@ class Client:
         if name_problem(execution_id) is not None:
             return AbortResult.NOT_FOUND
         return await self.store.request_abort(execution_id, reason, now=time.time())
+
+
+def wait_seconds(timeout: Duration | None, name: str = "timeout") -> float | None:
+    """How long `Client.wait` waits, refused as a submission's durations are (`SubmissionError`):
+    checked by every door that waits before it submits or waits (`submit --wait-timeout`)."""
+    return _seconds(name, timeout, None)
 
 
 def _seconds(name: str, value: Duration | None, default: timedelta | None) -> float | None:

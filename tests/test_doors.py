@@ -566,3 +566,48 @@ def test_the_doors_filter_by_label_and_retry_alike(
     assert retried.stdout.strip() == f"{seen['id']}: {seen['retry']}"
     assert seen["api_retry"] == (409, seen["retry"])
     assert "still running (QUEUED)" in seen["retry"]
+
+
+#: Waits each door must refuse alike: (as the CLI takes it, as the client takes it, the refusal).
+BAD_WAITS = [
+    ("soon", "soon", "invalid duration 'soon'"),
+    ("0s", 0, "must be a positive duration, got 0s"),
+    ("-1", "-1", "invalid duration '-1'"),
+]
+
+
+@pytest.mark.parametrize(("text", "value", "refusal"), BAD_WAITS, ids=[w[0] for w in BAD_WAITS])
+async def test_the_doors_refuse_a_wait_alike(
+    text: str,
+    value: object,
+    refusal: str,
+    database_url: str,
+    plugins_dir: Path,
+    tmp_path: Path,
+    api_parts: Any,
+) -> None:
+    """`executor wait --timeout`, `Client.wait(timeout=)` and `?wait=` refuse the same durations
+    in the same words (each naming its own option), and a wait that runs out says QUEUED in all."""
+    case = Case("wait")
+    parts = await api_parts(case)
+    env = door_env(database_url, plugins_dir, case)
+    execution_id = await parts.client.submit("echo")
+
+    import anyio
+
+    cli = await anyio.run_process(
+        [sys.executable, "-m", "executor", "wait", execution_id, "--timeout", text],
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert cli.returncode == 2, cli.stderr
+    [line] = cli.stderr.decode().strip().splitlines()
+    with pytest.raises(SubmissionError) as refused:
+        await parts.client.wait(execution_id, timeout=value)  # type: ignore[arg-type]
+    async with asgi_client(parts) as http:
+        api = await http.get(f"/api/v1/executions/{execution_id}", params={"wait": text})
+    assert api.status_code == 400, api.text
+    assert refusal in str(refused.value)
+    assert line == f"executor: --timeout: {refused.value}"
+    assert api.json()["error"]["message"] == str(refused.value).replace("timeout", "wait", 1)

@@ -43,6 +43,7 @@ from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
 from executor.http.tasklogs import LogApi
 from executor.http.tasklogs import openapi_paths as log_openapi_paths
+from executor.http.waits import WAIT_PARAMETER, LongPollError, LongPolls
 from executor.limits import (
     INT32_MAX,
     INT32_MIN,
@@ -446,6 +447,8 @@ class Api:
         self.settings = settings
         self.metrics = metrics
         self.body_timeout = body_timeout
+        #: `GET /executions/{id}?wait=...` (see waits.py); closed when the server stops.
+        self.long_polls = LongPolls(client)
         self.router = Router(routes=self.routes())
         #: The query parameters of each documented operation, by method and path template.
         self._query = {
@@ -560,7 +563,14 @@ class Api:
     # GET /executions/{id}
     async def get_execution(self, request: Request) -> Response:
         execution_id = request.path_params["id"]
-        record = await self.client.get(execution_id)
+        wait = request.query_params.get("wait")
+        if wait is None:
+            record = await self.client.get(execution_id)
+        else:
+            try:
+                record = await self.long_polls.answer(execution_id, wait)
+            except LongPollError as err:
+                raise ApiError(400, "invalid_parameter", str(err), [{"field": "wait"}]) from None
         if record is None:
             raise _not_found(execution_id)
         return Json(execution_dict(record))
@@ -893,9 +903,9 @@ def openapi_document() -> dict[str, Any]:
             "/executions/{id}": {
                 "get": {
                     "operationId": "getExecution",
-                    "summary": "One execution",
-                    "parameters": [_id_param()],
-                    "responses": {"200": _json(Execution, "The execution."), **_errors(404)},
+                    "summary": "One execution; with `wait`, once it has ended (a long-poll)",
+                    "parameters": [_id_param(), WAIT_PARAMETER],
+                    "responses": {"200": _json(Execution, "The execution."), **_errors(400, 404)},
                 }
             },
             "/executions/{id}/events": {

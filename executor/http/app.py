@@ -31,6 +31,7 @@ from executor.client import Client
 from executor.http import dashboard, health
 from executor.http.api import BODY_READ_TIMEOUT, PREFIX, Api, ApiError, BearerAuth, error_response
 from executor.http.metrics import Metrics
+from executor.http.waits import MAX_WAIT
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings, SettingsError, parse_http_addr
@@ -67,7 +68,7 @@ def create_app(
         body, content_type = await metrics.render(store, request.headers.get("accept", ""))
         return Response(body, headers={"Content-Type": content_type})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
@@ -84,6 +85,8 @@ def create_app(
             OSError: _store_unavailable,
         },
     )
+    app.state.long_polls = api.long_polls  # answered at once when the server stops (HttpServer.run)
+    return app
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -260,8 +263,9 @@ class HttpServer:
         config.accesslog = None
         config.errorlog = _hypercorn_logger()
         config.graceful_timeout = self.graceful_timeout
-        # Idle reads are bounded too (the API bounds a body's whole read: BODY_READ_TIMEOUT).
-        config.read_timeout = int(BODY_READ_TIMEOUT) * 2
+        # Idle reads are bounded too (the API bounds a body's whole read: BODY_READ_TIMEOUT), but
+        # not below a long-poll's longest wait, during which the client rightly sends nothing.
+        config.read_timeout = int(max(BODY_READ_TIMEOUT * 2, MAX_WAIT + BODY_READ_TIMEOUT))
         stopping = anyio.Event()
         shield = anyio.CancelScope(shield=True)
 
@@ -278,7 +282,11 @@ class HttpServer:
             try:
                 await anyio.sleep_forever()
             finally:
-                # Cancelled (the daemon is stopping): let requests under way finish, within bounds.
+                # Cancelled (the daemon is stopping): let requests under way finish, within bounds;
+                # long-polls answer at once.
+                long_polls = getattr(getattr(self.app, "state", None), "long_polls", None)
+                if long_polls is not None:
+                    long_polls.close()
                 stopping.set()
                 shield.deadline = anyio.current_time() + self.graceful_timeout + 1
 

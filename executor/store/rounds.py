@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from executor.core.phase import FINAL_PHASES
 from executor.core.records import ExecutionRecord, RecordUpdate
-from executor.store import postgres, sqlite
+from executor.store import notify, postgres, sqlite
 from executor.store.base import Aiosqlite, StoreBase
 from executor.store.columns import commit_rows, decode_execution, encode_event
 from executor.store.guard import guarded
@@ -27,6 +28,12 @@ class CommitResult:
     lost: frozenset[str]
     #: Quota tokens released with the commit, per execution (see `commit_round`).
     released: Mapping[str, int] = field(default_factory=dict)
+
+
+def reached_final(update: RecordUpdate) -> bool:
+    """Whether this update moves its execution into a final phase (not a later write of a final
+    record, such as its clean-up's): what waiters are told about (see `notify.with_finished`)."""
+    return update.record.phase in FINAL_PHASES and any(event.phase in FINAL_PHASES for event in update.events)
 
 
 class _LeaseLostError(Exception):
@@ -198,7 +205,16 @@ class RoundQueries(StoreBase):
                 if update.record.id in kept
                 for event in update.events
             ]
-            if new_events:
+            # Executions this commit moved into a final phase are announced to waiters, delivered
+            # at commit (so a waiter reads them final), in the events' statement: no round trip more.
+            finished = [u.record.id for u in updates if reached_final(u) and u.record.id in kept]
+            if finished:
+                arrays: tuple[Any, ...] = (
+                    *zip(*new_events, strict=True),
+                    notify.finished_payloads(finished),
+                )
+                await conn.exec_driver_sql(notify.with_finished(sql.insert_events_unnest), arrays)
+            elif new_events:
                 await conn.exec_driver_sql(sql.insert_events_unnest, tuple(zip(*new_events, strict=True)))
             releasing = [execution_id for execution_id in release_allocations_of if execution_id in kept]
             if releasing:

@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 import anyio
 
+from executor.core.records import ExecutionRecord
 from executor.store import notify, postgres, sqlite
 from executor.store.base import create_engine, dialect_for
 from executor.store.guard import guarded
 from executor.store.reads import AbortResult, ReadQueries
 from executor.store.rounds import CommitResult, RoundQueries
 from executor.store.submissions import Submission, SubmissionQueries, new_execution_id
+from executor.store.waits import FinishWatch
 
 __all__ = [
     "AbortResult",
@@ -30,12 +32,30 @@ __all__ = [
 
 
 class Store(SubmissionQueries, RoundQueries, ReadQueries):
+    #: Made by the first `wait_final`: one per store, whatever the number of waiters.
+    _finish_watch: FinishWatch | None = None
+
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(create_engine(url))
 
     async def close(self) -> None:
+        if self._finish_watch is not None:
+            await self._finish_watch.close()
         await self.engine.dispose()
+
+    @property
+    def finish_watch(self) -> FinishWatch:
+        """What every waiter of this store waits through (see waits.py)."""
+        if self._finish_watch is None:
+            self._finish_watch = FinishWatch(self)
+        return self._finish_watch
+
+    async def wait_final(self, execution_id: str, timeout: float | None) -> ExecutionRecord | None:  # noqa: ASYNC109
+        """The execution once its phase is final; None when no execution has the id; TimeoutError
+        when it is not final within `timeout` seconds. However many wait, the database sees one
+        listener and one read per wake-up (waits.py)."""
+        return await self.finish_watch.wait(execution_id, timeout)
 
     @property
     def url(self) -> str:
@@ -46,13 +66,20 @@ class Store(SubmissionQueries, RoundQueries, ReadQueries):
             async with self.engine.connect() as conn:
                 await conn.execute(self.sql.ping)
 
-    async def watch_changes(self, on_change: Callable[[], None], interval: float = 0.02) -> None:
+    async def watch_changes(
+        self,
+        on_change: Callable[[], None],
+        interval: float = 0.02,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         """Call `on_change` whenever another connection commits (runs until cancelled).
 
         SQLite has no LISTEN/NOTIFY; `PRAGMA data_version` changes when any other connection,
         in this process or another, commits. Polling it costs no disk I/O, so submissions from
         the CLI wake an idle daemon within `interval`. On PostgreSQL it LISTENs for the NOTIFY
-        that submissions and abort requests send (see notify.py).
+        that submissions and abort requests send (see notify.py). `on_ready` is called once
+        watching (on SQLite: the first version read), from when no commit goes unnoticed.
         """
         if self.dialect is postgres.DIALECT:
             await notify.listen(self.engine, on_change)
@@ -72,6 +99,8 @@ class Store(SubmissionQueries, RoundQueries, ReadQueries):
                     version = row[0] if row else None
                     if last is not None and version != last:
                         on_change()
+                    elif last is None and on_ready is not None:
+                        on_ready()
                     last = version
                     await anyio.sleep(interval)
             finally:
