@@ -37,7 +37,7 @@ from executor.settings import Settings
 from executor.store import Store
 from executor.store.schedule_tables import schedule_slots, schedules
 
-S10 = "S10 schedules due in one second"
+S10 = "10. Schedules: all due in one second"
 DAEMON = "daemon schedulers"
 #: How far ahead of the database's clock the slot is set once every worker is ready: more than a
 #: worker's longest idle sleep (1 s), so each one wakes for the slot itself, not up to 1 s late.

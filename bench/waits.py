@@ -1,4 +1,4 @@
-"""Scenario 10: submit to answer through `Client.wait`, for an `echo`, daemon idle (issue 20).
+"""Scenario 15: submit to answer through `Client.wait`, for an `echo`, daemon idle (issue 20).
 
 The time from before `submit` to the final record in the caller's hands, which is what a caller
 that waits for an answer sees: the daemon's wake-up, its round, its commit, the NOTIFY (PostgreSQL)
@@ -22,14 +22,14 @@ from executor.client import Client
 from executor.core import FINAL_PHASES
 from executor.store import Store
 
-S10 = "10. Submit to answer (echo), daemon idle"
+S15 = "15. Submit to answer (echo), daemon idle"
 WAIT = f"{DAEMON}, Client.wait"
 POLL = f"{DAEMON}, polling get (baseline)"
 
 
 async def submit_to_answer(ctx: Context) -> None:
     sizes = ctx.sizes
-    scenario = f"{S10}, up to {sizes.latency_samples} samples of each a run"
+    scenario = f"{S15}, up to {sizes.latency_samples} samples of each a run"
     for backend in ctx.backends:
         store = backend.label
         for number in range(1, sizes.runs + 1):
@@ -61,7 +61,7 @@ async def submit_to_answer(ctx: Context) -> None:
             )
         for metric in ("p50", "p99"):
             ctx.report.ratio(
-                f"S10 {store}: {metric} through wait / polling get every {sizes.poll_ms:g} ms",
+                f"S15 {store}: {metric} through wait / polling get every {sizes.poll_ms:g} ms",
                 ctx.report.measurement(scenario, store, WAIT, metric, "ms"),
                 ctx.report.measurement(scenario, store, POLL, metric, "ms"),
             )
