@@ -1,6 +1,12 @@
 """The SQL store: tables, queries, and the few statements that differ per dialect."""
 
-from executor.store.errors import StoreError, StoreRefused, StoreUnavailable, is_unavailable
+from executor.store.errors import (
+    StoreError,
+    StoreRefused,
+    StoreUnavailable,
+    SubmissionFailed,
+    is_unavailable,
+)
 from executor.store.store import AbortResult, CommitResult, Store, Submission, create_engine
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "StoreRefused",
     "StoreUnavailable",
     "Submission",
+    "SubmissionFailed",
     "create_engine",
     "is_unavailable",
 ]

@@ -31,8 +31,10 @@ __all__ = [
 
 class Store(SubmissionQueries, RoundQueries, ReadQueries):
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(create_engine(url))
+    def from_url(cls, url: str, *, application_name: str | None = None) -> Store:
+        """The store at `url`; `application_name` names its connections on PostgreSQL (a role:
+        the daemon's, a client's), so that `pg_stat_activity` tells them apart."""
+        return cls(create_engine(url, application_name=application_name))
 
     async def close(self) -> None:
         await self.engine.dispose()
