@@ -1,6 +1,7 @@
 """The SQL store: tables, queries, and the few statements that differ per dialect."""
 
 from executor.store.errors import (
+    ConnectionLost,
     StoreError,
     StoreRefused,
     StoreUnavailable,
@@ -12,6 +13,7 @@ from executor.store.store import AbortResult, CommitResult, Store, Submission, c
 __all__ = [
     "AbortResult",
     "CommitResult",
+    "ConnectionLost",
     "Store",
     "StoreError",
     "StoreRefused",

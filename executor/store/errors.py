@@ -21,6 +21,11 @@ class StoreUnavailable(StoreError, ConnectionError):  # noqa: N818 -- the name t
     """
 
 
+class ConnectionLost(StoreUnavailable):
+    """The connection died mid-call (its session ended by the server, its socket broken): it was
+    discarded, and the same call on a fresh connection usually succeeds at once."""
+
+
 class SubmissionFailed(StoreUnavailable):
     """A submission the database failed, its retries spent: says whether it was stored.
 

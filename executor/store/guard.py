@@ -9,12 +9,16 @@ encode, a bug) pass unchanged.
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
+import anyio
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from executor.store.errors import StoreError, StoreRefused, StoreUnavailable
+from executor.store.errors import ConnectionLost, StoreError, StoreRefused, StoreUnavailable
 
 #: SQLSTATE classes of refused values: 22 data exception (out of range, too long, a NUL character
 #: on PostgreSQL, invalid input for a parameter), 23 integrity constraint violation.
@@ -29,7 +33,7 @@ def translated(err: BaseException) -> StoreError | None:
         return StoreRefused(f"the database refused a value: {_describe(err)}")
     if _connection_lost(err):
         # The connection died (or its session was ended): it was discarded, never to be reused.
-        return StoreUnavailable(f"the connection to the database was lost: {_describe(err)}")
+        return ConnectionLost(f"the connection to the database was lost: {_describe(err)}")
     if isinstance(err, SQLAlchemyError | sqlite3.Error | OSError) or _drivers_own(err):
         return StoreUnavailable(f"the database failed: {_describe(err)}")
     return None
@@ -120,3 +124,26 @@ class _Guard:
 
 
 guarded = _Guard()
+
+
+T = TypeVar("T")
+
+#: Attempts at a read whose connection was lost, and the pause before the second (doubled before
+#: each next one, with jitter).
+READ_ATTEMPTS = 3
+READ_RETRY_PAUSE = 0.02
+
+
+async def read_retrying(read: Callable[[], Awaitable[T]]) -> T:
+    """`await read()` under the guard; run again on a fresh connection when the connection was
+    lost. Only for reads, which may run twice: under killed sessions the API answered 503 for an
+    execution it had just stored, when reading it back found the connection dead."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            with guarded:
+                return await read()
+        except ConnectionLost:
+            if attempt == READ_ATTEMPTS:
+                raise
+        await anyio.sleep(READ_RETRY_PAUSE * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")  # the loop returns or raises
