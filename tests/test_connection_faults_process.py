@@ -46,6 +46,13 @@ API_SUBMITTERS = 4
 #: Each submitter's pause between two submissions: about 8 * 1/0.05 = 160 submissions a second
 #: offered, what two loaded cores carry along with the daemon.
 PAUSE = 0.05
+#: How the daemon's log may begin an error: the store's own errors, by name or by message.
+STORE_ERRORS = (
+    "StoreUnavailable: ",
+    "ConnectionLost: ",
+    "the connection to the database was lost: ",
+    "the database failed: ",
+)
 
 
 def _dsn(url: str) -> str:
@@ -189,3 +196,11 @@ async def test_sessions_killed_twice_a_second_under_load_lose_nothing_and_end_ev
     assert daemon.process.poll() is None, "the daemon died under the kills"
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+    # The daemon's own callers (its loop, heartbeat, listener) saw only the store's errors too.
+    failed = [line for line in daemon.lines() if line.get("error")]
+    raw = [line for line in failed if not str(line["error"]).startswith(STORE_ERRORS)]
+    assert raw == []
+    print(
+        f"\n{SECONDS:.0f} s: {len(ids)} executions submitted, sessions killed {dict(load.kills)}, "
+        f"daemon errors logged {dict(Counter(line['event'] for line in failed))}"
+    )

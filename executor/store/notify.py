@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from executor.logging import get_logger
+from executor.store.guard import guarded
 
 CHANNEL = "executor_wakeup"
 NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
@@ -78,10 +79,17 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[], None], *, min_interv
     log = get_logger()
     coalescer = Coalescer(on_wake, min_interval)
     failures = 0
+
+    def connected() -> None:
+        nonlocal failures
+        failures = 0  # the back-off starts over: killed sessions must not push it to its maximum
+        log.info("listener.connected")
+
     try:
         while True:
             try:
-                await _listen_once(engine, coalescer, connected=lambda: log.info("listener.connected"))
+                with guarded:  # logged as the store's errors, not the driver's
+                    await _listen_once(engine, coalescer, connected=connected)
             except Exception as err:
                 failures += 1
                 delay = min(0.1 * 2**failures, MAX_BACKOFF) * random.uniform(0.5, 1.0)
@@ -93,8 +101,6 @@ async def listen(engine: AsyncEngine, on_wake: Callable[[], None], *, min_interv
                 )
                 coalescer()  # whatever was notified meanwhile is found by the next claim
                 await anyio.sleep(delay)
-            else:
-                failures = 0
     finally:
         coalescer.cancel()
 
