@@ -98,7 +98,7 @@ def _unreachable(settings: Settings, err: BaseException) -> str:
         err = err.exceptions[0]
     url = url_without_password(settings.database_url)
     if isinstance(err, SubmissionFailed):  # says whether the submission was stored
-        return f"the database failed the submission (EXECUTOR_DATABASE_URL={url}): {err}"
+        return f"the database does not answer (EXECUTOR_DATABASE_URL={url}): {err}"
     cause = err.__cause__ if isinstance(err, StoreUnavailable) and err.__cause__ is not None else err
     detail = str(cause).strip().splitlines()
     return (

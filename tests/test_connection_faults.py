@@ -265,3 +265,24 @@ def test_which_errors_end_a_connection() -> None:
     ]
     assert [session_over(err) for err in over] == [True] * len(over)
     assert [session_over(err) for err in usable] == [False] * len(usable)
+
+
+async def test_the_api_answers_a_failed_submission_with_whether_it_was_stored(
+    store: Store, admin: asyncpg.Connection, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.http_support import serve_app
+
+    monkeypatch.setattr(submissions, "FIRST_RETRY_PAUSE", 0.001)
+    served = await serve_app(store, postgres_url)
+    _kill_before_commit(store, admin, times=submissions.SUBMIT_ATTEMPTS)
+    response = await served.http.post("/api/v1/executions", json={"task_type": "echo", "inputs": {}})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "store_unavailable"
+    assert "whether it was stored is unknown" in error["message"]
+    (verdict,) = error["details"]
+    assert verdict["stored"] is None
+    (execution_id,) = verdict["execution_ids"]
+    assert execution_id in error["message"]
+    # As the message says: looked up, it is not there (the kills came before COMMIT).
+    assert (await served.http.get(f"/api/v1/executions/{execution_id}")).status_code == 404
