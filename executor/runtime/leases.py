@@ -83,7 +83,5 @@ class InFlight:
 
     async def release_all(self) -> None:
         """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
-        while self._leases:
-            token, ids = self._leases.popitem()
-            with anyio.CancelScope(shield=True):
-                await self._store.release_leases(token, ids)
+        for token in list(self._leases):
+            await self.abandon(token)  # retried like a round's, and a failure only logged

@@ -70,15 +70,14 @@ def engine_options(application_name: str | None) -> dict[str, Any]:
 def configure(engine: AsyncEngine) -> None:
     """Discard every connection an error left unusable, instead of handing it out again.
 
-    SQLAlchemy's asyncpg dialect takes a connection for dead only once asyncpg has seen its
-    socket close. A terminated session first sends its FATAL error, and until the close is read
-    the connection looks alive: the pool's pre-ping or the next statement then found asyncpg
-    still consuming that error, `InternalClientError: cannot switch to state 12; another
-    operation (2) is in progress`, which was raised to the caller and left the connection in the
-    pool for the next one (measured: 28 of 92 failures under `pg_terminate_backend` at 2/s).
-    Marked as a disconnect, the connection is invalidated (closed, never reused); the pre-ping
-    then connects afresh without the caller seeing anything, and an error in a statement reaches
-    the store's edge (`guard.py`) once, as `StoreUnavailable`.
+    SQLAlchemy's asyncpg dialect takes a connection for dead only when asyncpg reports it closed
+    at the moment of the error. That covers a session ended by the server once asyncpg has read
+    its FATAL error (the later `InternalClientError: cannot switch to state 12; another operation
+    (2) is in progress` is asyncpg still consuming it), but not the errors raised before asyncpg
+    marks the connection closed: a socket error or a timeout mid-statement, asyncpg's
+    `InterfaceError` about an operation already in progress. Those connections went back to the
+    pool. Marked as a disconnect, each is invalidated (closed, never reused); a pre-ping that
+    finds one connects afresh without the caller seeing anything (`session_over` says which).
     """
 
     @event.listens_for(engine.sync_engine, "handle_error")

@@ -18,7 +18,7 @@ from executor.core.records import EventRecord
 from executor.store import notify, postgres
 from executor.store.base import StoreBase
 from executor.store.columns import event_row, new_row_encoder
-from executor.store.errors import StoreUnavailable, SubmissionFailed
+from executor.store.errors import ConnectionLost, StoreUnavailable, SubmissionFailed
 from executor.store.guard import guarded
 
 
@@ -86,7 +86,7 @@ SUBMITTED: Final = {
 new_row: Final = new_row_encoder("new_row", SUBMITTED, ("execution_id", "submission", "now"))
 
 
-#: Attempts at storing a submission when the database fails it (a connection killed, a failover),
+#: Attempts at storing a submission whose connection was lost (its session killed, a failover),
 #: and the pause before the second, doubled before each next one (with jitter): about 0.75 s of
 #: pauses in all, then the caller is told whether anything was stored (`SubmissionFailed`).
 SUBMIT_ATTEMPTS = 5
@@ -113,7 +113,7 @@ class SubmissionQueries(StoreBase):
         A submission whose idempotency key is already stored (or repeated earlier in the batch)
         gets the id of the execution that key first made, and stores nothing.
 
-        A database failure is retried (`SUBMIT_ATTEMPTS`), safely: each new execution's id is
+        A lost connection is retried (`SUBMIT_ATTEMPTS`), safely: each new execution's id is
         drawn once, before the first attempt, and an attempt after one whose commit was under
         way when the connection died first looks whether those ids are stored. A submission is
         thus never stored twice, whether or not the caller gave idempotency keys. When every
@@ -133,7 +133,9 @@ class SubmissionQueries(StoreBase):
                     maybe_stored = True
                 elif progress.looked:
                     maybe_stored = False
-                if attempt == SUBMIT_ATTEMPTS:
+                if attempt == SUBMIT_ATTEMPTS or not isinstance(err, ConnectionLost):
+                    # Only a lost connection is worth another attempt at once (SQLite's errors
+                    # come after its 30 s busy timeout): the others are answered as they come.
                     raise SubmissionFailed(
                         str(err), stored=None if maybe_stored else False, execution_ids=tuple(planned)
                     ) from err
