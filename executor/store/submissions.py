@@ -87,10 +87,13 @@ new_row: Final = new_row_encoder("new_row", SUBMITTED, ("execution_id", "submiss
 
 
 #: Attempts at storing a submission whose connection was lost (its session killed, a failover),
-#: and the pause before the second, doubled before each next one (with jitter): about 0.75 s of
-#: pauses in all, then the caller is told whether anything was stored (`SubmissionFailed`).
-SUBMIT_ATTEMPTS = 5
+#: and the pause before the second, doubled before each next one up to `MAX_RETRY_PAUSE` (with
+#: jitter): at most 3.75 s of pauses in all, then the caller is told whether anything was stored
+#: (`SubmissionFailed`). Five attempts within 0.75 s were not enough on a loaded machine whose
+#: sessions were all killed twice a second: one submission in ~2,500 failed (saying so).
+SUBMIT_ATTEMPTS = 8
 FIRST_RETRY_PAUSE = 0.05
+MAX_RETRY_PAUSE = 1.0
 
 
 @dataclass(slots=True)
@@ -139,8 +142,8 @@ class SubmissionQueries(StoreBase):
                     raise SubmissionFailed(
                         str(err), stored=None if maybe_stored else False, execution_ids=tuple(planned)
                     ) from err
-                pause = FIRST_RETRY_PAUSE * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                await anyio.sleep(pause)
+                pause = min(FIRST_RETRY_PAUSE * 2 ** (attempt - 1), MAX_RETRY_PAUSE)
+                await anyio.sleep(pause * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _submit_keyed(
