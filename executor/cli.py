@@ -28,7 +28,7 @@ from executor.plugin.loader import PluginLoadError
 from executor.plugin.registry import PluginRegistryError
 from executor.schedules.model import ScheduleError
 from executor.settings import Settings, SettingsError, load_settings
-from executor.store import AbortResult, StoreRefused, StoreUnavailable
+from executor.store import AbortResult, StoreRefused, StoreUnavailable, SubmissionFailed
 from executor.store.base import url_without_password
 from executor.views import event_dict, execution_dict, iso, replica_dicts
 
@@ -97,9 +97,11 @@ def _store_down(err: BaseException) -> bool:
 def _unreachable(settings: Settings, err: BaseException) -> str:
     while isinstance(err, BaseExceptionGroup):
         err = err.exceptions[0]
+    url = url_without_password(settings.database_url)
+    if isinstance(err, SubmissionFailed):  # says whether the submission was stored
+        return f"the database does not answer (EXECUTOR_DATABASE_URL={url}): {err}"
     cause = err.__cause__ if isinstance(err, StoreUnavailable) and err.__cause__ is not None else err
     detail = str(cause).strip().splitlines()
-    url = url_without_password(settings.database_url)
     return (
         f"the database does not answer (EXECUTOR_DATABASE_URL={url}): "
         f"{type(cause).__name__}{': ' + detail[0] if detail else ''}"

@@ -12,9 +12,11 @@ from executor.settings import Settings, load_settings
 from executor.store import Store
 
 
-def open_store(settings: Settings) -> Store:
-    """The store EXECUTOR_DATABASE_URL names (not migrated: see `connect` and the daemon)."""
-    return Store.from_url(settings.database_url)
+def open_store(settings: Settings, role: str = "client") -> Store:
+    """The store EXECUTOR_DATABASE_URL names (not migrated: see `connect` and the daemon). On
+    PostgreSQL its connections are named `executor-<role>` in `pg_stat_activity`: the daemon's
+    (`executor-daemon <replica>`) apart from the clients' and the command line's."""
+    return Store.from_url(settings.database_url, application_name=f"executor-{role}")
 
 
 def collect_registry(settings: Settings) -> PluginRegistry:

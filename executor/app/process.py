@@ -73,7 +73,7 @@ async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
     """
     resources = InProcessResourceManager(settings.resource_quotas)
     plugins = await setup_plugins(settings, resources)
-    store = open_store(settings)
+    store = open_store(settings, role=f"daemon {settings.replica_id}")
     try:
         if settings.migrate_on_start:
             await upgrade(store.engine)

@@ -35,7 +35,7 @@ from executor.http.waits import MAX_WAIT
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins
 from executor.settings import Settings, SettingsError, parse_http_addr
-from executor.store import StoreRefused, StoreUnavailable
+from executor.store import StoreRefused, StoreUnavailable, SubmissionFailed
 
 
 def create_app(
@@ -110,6 +110,10 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     get_logger().warning(
         "http.store_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
     )
+    if isinstance(exc, SubmissionFailed):
+        # Whether the submission was stored is the caller's next question: the verdict answers it.
+        verdict = {"stored": exc.stored, "execution_ids": list(exc.execution_ids)}
+        return error_response(503, "store_unavailable", str(exc), [verdict])
     cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None else exc
     return error_response(503, "store_unavailable", f"the database does not answer: {type(cause).__name__}")
 

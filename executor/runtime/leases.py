@@ -13,7 +13,12 @@ from typing import Any
 
 import anyio
 
-from executor.store import Store
+from executor.store import Store, is_unavailable
+
+#: Attempts at handing back an abandoned round's leases, and the pause after the first failure
+#: (doubled after each next one), all within the release timeout.
+RELEASE_ATTEMPTS = 4
+RELEASE_RETRY_PAUSE = 0.05
 
 
 class InFlight:
@@ -64,20 +69,27 @@ class InFlight:
         return execution_id in self._leases.get(token, ())
 
     async def abandon(self, token: str) -> None:
-        """Hand the round's leases back if the database lets us; a failure is only logged, since
-        the leases lapse anyway when their TTL runs out."""
+        """Hand the round's leases back if the database lets us, trying again while the release
+        timeout lasts (a round is abandoned mostly because its connection died, and a fresh one
+        usually works at once); a failure is only logged, since the leases lapse anyway when
+        their TTL runs out."""
         ids = self._leases.pop(token, None)
         if not ids:
             return
+        error: Exception | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._release_timeout):
-            try:
-                await self._store.release_leases(token, ids)
-            except Exception as err:
-                self._log.info("round.release_failed", error=f"{type(err).__name__}: {err}", leases=len(ids))
+            for attempt in range(RELEASE_ATTEMPTS):
+                try:
+                    await self._store.release_leases(token, ids)
+                    return
+                except Exception as err:
+                    error = err
+                    if not is_unavailable(err):
+                        break  # not the database being away: trying again would not help
+                await anyio.sleep(RELEASE_RETRY_PAUSE * 2**attempt)
+        self._log.info("round.release_failed", error=f"{type(error).__name__}: {error}", leases=len(ids))
 
     async def release_all(self) -> None:
         """After a cancelled round: hand its leases back so another replica need not wait the TTL."""
-        while self._leases:
-            token, ids = self._leases.popitem()
-            with anyio.CancelScope(shield=True):
-                await self._store.release_leases(token, ids)
+        for token in list(self._leases):
+            await self.abandon(token)  # retried like a round's, and a failure only logged

@@ -27,13 +27,16 @@ def dialect_for(url: str) -> Dialect:
     raise StoreError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, application_name: str | None = None) -> AsyncEngine:
+    """The engine for `url`; on PostgreSQL its connections call themselves `application_name`."""
     dialect = dialect_for(url)
     if dialect is sqlite.DIALECT:
         sqlite.prepare_url(url)
-    engine = create_async_engine(url, **dialect.engine_options)
-    if dialect is sqlite.DIALECT:
+        engine = create_async_engine(url, **dialect.engine_options)
         sqlite.configure(engine)
+        return engine
+    engine = create_async_engine(url, **postgres.engine_options(application_name))
+    postgres.configure(engine)
     return engine
 
 

@@ -21,6 +21,35 @@ class StoreUnavailable(StoreError, ConnectionError):  # noqa: N818 -- the name t
     """
 
 
+class ConnectionLost(StoreUnavailable):
+    """The connection died mid-call (its session ended by the server, its socket broken): it was
+    discarded, and the same call on a fresh connection usually succeeds at once."""
+
+
+class SubmissionFailed(StoreUnavailable):
+    """A submission the database failed, its retries spent: says whether it was stored.
+
+    `stored` is False when no attempt reached its commit (nothing was stored: submitting again is
+    safe), None when the connection died while a commit was under way and no later attempt could
+    look (it may be stored, as `execution_ids`: look one up before submitting again, or submit
+    again with an idempotency key).
+    """
+
+    def __init__(self, cause: str, *, stored: bool | None, execution_ids: tuple[str, ...]) -> None:
+        self.stored = stored
+        self.execution_ids = execution_ids
+        if stored is False:
+            verdict = "nothing was stored; submitting again is safe"
+        else:
+            shown = ", ".join(execution_ids[:3]) + (", ..." if len(execution_ids) > 3 else "")
+            verdict = (
+                f"whether it was stored is unknown: the connection was lost during its commit; "
+                f"if it was, its execution id is {shown} (`executor get ID` or "
+                f"GET /api/v1/executions/ID tells; not found means not stored)"
+            )
+        super().__init__(f"{cause}; {verdict}")
+
+
 class StoreRefused(StoreError):  # noqa: N818
     """The database refused a value (out of range, a character it cannot store): not an outage."""
 

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from executor.logging import get_logger
+from executor.store.guard import guarded
 
 CHANNEL = "executor_wakeup"
 NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
@@ -188,12 +189,15 @@ async def listen_channel(
         on_notify(str(payload))
 
     def connected() -> None:
+        nonlocal failures
+        failures = 0  # the back-off starts over: killed sessions must not push it to its maximum
         (log.info if announce else log.debug)("listener.connected", channel=channel)
         on_connected()
 
     while True:
         try:
-            await _listen_once(engine, channel, received, connected)
+            with guarded:  # logged as the store's errors, not the driver's
+                await _listen_once(engine, channel, received, connected)
         except Exception as err:
             failures += 1
             delay = min(0.1 * 2**failures, MAX_BACKOFF) * random.uniform(0.5, 1.0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from executor.core import Phase
 from executor.core.records import EventRecord, ExecutionRecord
 from executor.store import notify, postgres, statements
 from executor.store.base import StoreBase
 from executor.store.columns import decode_event, decode_execution
-from executor.store.guard import guarded
+from executor.store.guard import guarded, read_retrying
 
 
 class AbortResult(enum.Enum):
@@ -22,9 +23,11 @@ class AbortResult(enum.Enum):
 
 class ReadQueries(StoreBase):
     async def get(self, execution_id: str) -> ExecutionRecord | None:
-        with guarded:
+        async def read() -> Any:
             async with self.engine.connect() as conn:
-                row = (await conn.execute(self.sql.get_execution, {"id": execution_id})).first()
+                return (await conn.execute(self.sql.get_execution, {"id": execution_id})).first()
+
+        row = await read_retrying(read)
         return decode_execution(row) if row is not None else None
 
     async def list_executions(
@@ -47,22 +50,27 @@ class ReadQueries(StoreBase):
             before=before,
             labels=labels,
         )
-        with guarded:
+
+        async def read() -> Sequence[Any]:
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
-        return [decode_execution(row) for row in rows]
+                rows: Sequence[Any] = (await conn.execute(query)).all()
+                return rows
+
+        return [decode_execution(row) for row in await read_retrying(read)]
 
     async def count_by_phase(self) -> dict[Phase, int]:
-        with guarded:
+        async def read() -> Sequence[Any]:
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(self.sql.count_by_phase)).all()
-        return {Phase(phase): count for phase, count in rows}
+                return (await conn.execute(self.sql.count_by_phase)).all()
+
+        return {Phase(phase): count for phase, count in await read_retrying(read)}
 
     async def events(self, execution_id: str) -> list[EventRecord]:
-        with guarded:
+        async def read() -> Sequence[Any]:
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(self.sql.events_of, {"id": execution_id})).all()
-        return [decode_event(row) for row in rows]
+                return (await conn.execute(self.sql.events_of, {"id": execution_id})).all()
+
+        return [decode_event(row) for row in await read_retrying(read)]
 
     async def request_abort(self, execution_id: str, reason: str, *, now: float) -> AbortResult:
         """Record an abort request and make the execution due now; the next round carries it out."""

@@ -106,6 +106,8 @@ class Statements:
     execution_exists: TextClause = field(init=False)
     #: The executions some idempotency keys (`:keys`, a list) already made.
     known_idempotency_keys: TextClause = field(init=False)
+    #: Which of these ids are stored (a submission retried after a commit of unknown outcome).
+    stored_ids: TextClause = field(init=False)
     insert_executions: Insert = field(init=False)
     insert_events: Insert = field(init=False)
     # -- driver SQL, positional ---------------------------------------------------------------
@@ -163,6 +165,9 @@ class Statements:
             "known_idempotency_keys": text(
                 "SELECT idempotency_key, id FROM executions WHERE idempotency_key IN :keys"
             ).bindparams(bindparam("keys", expanding=True)),
+            "stored_ids": text("SELECT id FROM executions WHERE id IN :ids").bindparams(
+                bindparam("ids", expanding=True)
+            ),
             "insert_executions": insert(executions),
             "insert_events": insert(events),
             "still_leased": (

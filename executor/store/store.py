@@ -36,8 +36,10 @@ class Store(SubmissionQueries, RoundQueries, ReadQueries):
     _finish_watch: FinishWatch | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(create_engine(url))
+    def from_url(cls, url: str, *, application_name: str | None = None) -> Store:
+        """The store at `url`; `application_name` names its connections on PostgreSQL (a role:
+        the daemon's, a client's), so that `pg_stat_activity` tells them apart."""
+        return cls(create_engine(url, application_name=application_name))
 
     async def close(self) -> None:
         if self._finish_watch is not None:
