@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from executor.core import Phase
 from executor.core.records import EventRecord
 from executor.store import notify, postgres
-from executor.store.base import StoreBase
-from executor.store.columns import event_row, new_row_encoder
+from executor.store.base import Aiosqlite, StoreBase
+from executor.store.columns import encode_event, new_row_encoder
 from executor.store.guard import guarded
 
 
@@ -39,6 +39,12 @@ class Submission:
     idempotency_key: str | None = None
 
 
+#: Idempotency keys looked up per statement (SQLite allows 32,766 parameters in one).
+KEYS_PER_LOOKUP: Final = 1000
+#: New executions per INSERT on PostgreSQL: each column one array of this many values.
+ROWS_PER_INSERT: Final = 5000
+
+
 def new_execution_id() -> str:
     """A fresh execution id: a UUID of version 7 (RFC 9562), its first 48 bits the time in ms.
 
@@ -47,11 +53,21 @@ def new_execution_id() -> str:
     spread over the whole index: with a million finished executions in the table, every round
     dirtied that many more pages and every WAL checkpoint wrote them back.
     """
+    return new_execution_ids(1)[0]
+
+
+def new_execution_ids(count: int) -> list[str]:
+    """`count` fresh ids (see `new_execution_id`), their random bits read in one call: a bulk
+    submission paid a system call and a `uuid.UUID` per row."""
     milliseconds = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
-    random = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
-    rand_a, rand_b = random >> 68, random & ((1 << 62) - 1)
-    value = (milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    return str(uuid.UUID(int=value))
+    random = os.urandom(10 * count)  # 80 bits each: 12 for rand_a, 62 for rand_b
+    ids = []
+    for start in range(0, 10 * count, 10):
+        bits = int.from_bytes(random[start : start + 10], "big")
+        rand_a, rand_b = bits >> 68, bits & ((1 << 62) - 1)
+        text = f"{(milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b:032x}"
+        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return ids
 
 
 #: What a submission sets of its execution's record, as Python expressions over `execution_id`,
@@ -106,29 +122,59 @@ class SubmissionQueries(StoreBase):
 
     async def _submit_many(self, submissions: Sequence[Submission], now: float) -> list[str]:
         keys = sorted({s.idempotency_key for s in submissions if s.idempotency_key is not None})
-        rows, first_events, ids = [], [], []
+        rows: list[tuple[Any, ...]] = []
+        first_events: list[tuple[Any, ...]] = []
+        ids: list[str] = []
         async with self._writer.begin() as conn:
-            known: dict[str, str] = {}
-            if keys:
-                found = await conn.execute(self.sql.known_idempotency_keys, {"keys": keys})
-                known = {key: execution_id for key, execution_id in found.all()}
+            known = await self._known_keys(conn, keys)
+            fresh = iter(new_execution_ids(len(submissions)))
             for submission in submissions:
                 key = submission.idempotency_key
                 if key is not None and key in known:
                     ids.append(known[key])
                     continue
-                execution_id = new_execution_id()
+                execution_id = next(fresh)
                 if key is not None:
                     known[key] = execution_id
                 ids.append(execution_id)
-                rows.append(new_row(execution_id, submission, now))
+                rows.append(tuple(new_row(execution_id, submission, now).values()))
                 first_events.append(
-                    event_row(EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"))
+                    encode_event(EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"))
                 )
             if not rows:
                 return ids
-            await conn.execute(self.sql.insert_executions, rows)
-            await conn.execute(self.sql.insert_events, first_events)
+            await self._insert_new(conn, rows, first_events)
             if self.dialect is postgres.DIALECT:
                 await notify.send(conn)  # delivered at commit: a woken replica finds the rows
         return ids
+
+    async def _known_keys(self, conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
+        """The executions these idempotency keys already made, asked in slices: one statement
+        with a parameter per key would pass SQLite's limit of parameters in a bulk submission."""
+        known: dict[str, str] = {}
+        for start in range(0, len(keys), KEYS_PER_LOOKUP):
+            found = await conn.execute(
+                self.sql.known_idempotency_keys, {"keys": keys[start : start + KEYS_PER_LOOKUP]}
+            )
+            known.update({key: execution_id for key, execution_id in found.all()})
+        return known
+
+    async def _insert_new(
+        self, conn: AsyncConnection, rows: list[tuple[Any, ...]], first_events: list[tuple[Any, ...]]
+    ) -> None:
+        """The rows as the driver's own statements, positional: through SQLAlchemy's `insert()`
+        each row's dictionary of parameters was processed in Python, which cost more than the
+        database's work. PostgreSQL takes a slice of rows per INSERT, one array per column
+        (`unnest`); SQLite runs one prepared INSERT per row (`executemany`), in its own thread."""
+        sql = self.sql
+        if self.dialect is postgres.DIALECT:
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                end = start + ROWS_PER_INSERT
+                columns = tuple(zip(*rows[start:end], strict=True))
+                await conn.exec_driver_sql(sql.insert_executions_unnest, columns)
+                events = tuple(zip(*first_events[start:end], strict=True))
+                await conn.exec_driver_sql(sql.insert_events_unnest, events)
+            return
+        driver = await Aiosqlite.of(conn)
+        await driver.executemany(sql.insert_execution, rows)
+        await driver.executemany(sql.insert_event, first_events)
