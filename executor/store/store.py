@@ -35,6 +35,7 @@ class Store(SubmissionQueries, RoundQueries, ReadQueries):
         return cls(create_engine(url))
 
     async def close(self) -> None:
+        await self.drain_submissions()
         await self.engine.dispose()
 
     @property

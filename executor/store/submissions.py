@@ -16,6 +16,7 @@ from executor.core.records import EventRecord
 from executor.store import notify, postgres
 from executor.store.base import Aiosqlite, StoreBase
 from executor.store.columns import encode_event, new_row_encoder
+from executor.store.group_commit import GroupCommit
 from executor.store.guard import guarded
 
 
@@ -101,7 +102,18 @@ new_row: Final = new_row_encoder("new_row", SUBMITTED, ("execution_id", "submiss
 
 class SubmissionQueries(StoreBase):
     async def submit(self, submission: Submission, *, now: float) -> str:
-        return (await self.submit_many([submission], now=now))[0]
+        """Store one execution, in the transaction of the submissions that arrive with it
+        (`group_commit.py`); its id once that transaction has committed."""
+        grouped: GroupCommit | None = self.__dict__.get("_grouped")
+        if grouped is None:
+            grouped = self.__dict__["_grouped"] = GroupCommit(self._submit_at)
+        return await grouped.submit(submission, now)
+
+    async def drain_submissions(self) -> None:
+        """Wait for the group commits under way (before the engine closes)."""
+        grouped: GroupCommit | None = self.__dict__.get("_grouped")
+        if grouped is not None:
+            await grouped.drain()
 
     async def submit_many(self, submissions: Sequence[Submission], *, now: float) -> list[str]:
         """Store new executions, each QUEUED with its first event, in one transaction.
@@ -109,18 +121,22 @@ class SubmissionQueries(StoreBase):
         A submission whose idempotency key is already stored (or repeated earlier in the batch)
         gets the id of the execution that key first made, and stores nothing.
         """
+        return await self._submit_at(submissions, [now] * len(submissions))
+
+    async def _submit_at(self, submissions: Sequence[Submission], times: Sequence[float]) -> list[str]:
+        """`submit_many`, each submission at its own time of submission."""
         if not submissions:
             return []
         with guarded:
             try:
-                return await self._submit_many(submissions, now)
+                return await self._submit_many(submissions, times)
             except IntegrityError:
                 if not any(s.idempotency_key for s in submissions):
                     raise
                 # Another writer stored one of these keys after we looked: look again, once.
-                return await self._submit_many(submissions, now)
+                return await self._submit_many(submissions, times)
 
-    async def _submit_many(self, submissions: Sequence[Submission], now: float) -> list[str]:
+    async def _submit_many(self, submissions: Sequence[Submission], times: Sequence[float]) -> list[str]:
         keys = sorted({s.idempotency_key for s in submissions if s.idempotency_key is not None})
         rows: list[tuple[Any, ...]] = []
         first_events: list[tuple[Any, ...]] = []
@@ -128,7 +144,7 @@ class SubmissionQueries(StoreBase):
         async with self._writer.begin() as conn:
             known = await self._known_keys(conn, keys)
             fresh = iter(new_execution_ids(len(submissions)))
-            for submission in submissions:
+            for submission, now in zip(submissions, times, strict=True):
                 key = submission.idempotency_key
                 if key is not None and key in known:
                     ids.append(known[key])
