@@ -40,43 +40,53 @@ class _Waiting:
 class GroupCommit:
     """Stores single submissions in groups through `store_many(submissions, times)`."""
 
-    def __init__(self, store_many: StoreMany, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(self, store_many: StoreMany, *, writers: int = 1, max_group: int = MAX_GROUP) -> None:
+        """`writers`: groups written at once. One for SQLite, which writes one transaction at a
+        time anyway; on PostgreSQL a few, so that the next group need not wait for the commit
+        (the flush of the WAL to disk) of the one before."""
         self._store_many = store_many
         self._max_group = max_group
+        self._most_writers = writers
         self._pending: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, submission: Submission, now: float) -> str:
         """The id of the stored execution, once its row has committed."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a store used from a new event loop starts afresh
-            self._loop, self._pending, self._writer = loop, [], None
+            self._loop, self._pending, self._writers = loop, [], set()
         waiting = _Waiting(submission, now, loop.create_future())
         self._pending.append(waiting)
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_groups(), name="executor-group-commit")
+        if len(self._writers) < self._most_writers and len(self._pending) == 1:
+            writer = loop.create_task(self._write_groups(), name="executor-group-commit")
+            self._writers.add(writer)
         return await waiting.answer
 
     async def drain(self) -> None:
-        """Wait for the group being written and those gathered behind it (at close)."""
-        writer = self._writer
-        if writer is not None and self._loop is asyncio.get_running_loop():
-            await asyncio.shield(writer)
+        """Wait for the groups being written and those gathered behind them (at close)."""
+        if self._writers and self._loop is asyncio.get_running_loop():
+            await asyncio.shield(asyncio.gather(*self._writers, return_exceptions=True))
 
     async def _write_groups(self) -> None:
+        """Write groups until none is gathering. Leaves `_writers` as it stops, with no await
+        between the last look at `_pending` and leaving: a submission arriving after it starts
+        a writer of its own."""
         try:
             while self._pending:
                 group = self._pending[: self._max_group]
                 del self._pending[: self._max_group]
                 await self._write(group)
         except BaseException:
-            for waiting in self._pending:
-                waiting.answer.cancel()
-            self._pending.clear()
+            if len(self._writers) <= 1:  # no other writer will take them
+                for waiting in self._pending:
+                    waiting.answer.cancel()
+                self._pending.clear()
             raise
         finally:
-            self._writer = None
+            this = asyncio.current_task()
+            if this is not None:
+                self._writers.discard(this)
 
     async def _write(self, group: list[_Waiting]) -> None:
         live = [waiting for waiting in group if not waiting.answer.done()]

@@ -42,6 +42,8 @@ class Submission:
 
 #: Idempotency keys looked up per statement (SQLite allows 32,766 parameters in one).
 KEYS_PER_LOOKUP: Final = 1000
+#: Groups of single submissions written at once on PostgreSQL (see `group_commit.py`).
+GROUP_WRITERS: Final = 4
 #: New executions per INSERT on PostgreSQL: each column one array of this many values.
 ROWS_PER_INSERT: Final = 5000
 
@@ -106,7 +108,8 @@ class SubmissionQueries(StoreBase):
         (`group_commit.py`); its id once that transaction has committed."""
         grouped: GroupCommit | None = self.__dict__.get("_grouped")
         if grouped is None:
-            grouped = self.__dict__["_grouped"] = GroupCommit(self._submit_at)
+            writers = GROUP_WRITERS if self.dialect is postgres.DIALECT else 1
+            grouped = self.__dict__["_grouped"] = GroupCommit(self._submit_at, writers=writers)
         return await grouped.submit(submission, now)
 
     async def drain_submissions(self) -> None:
