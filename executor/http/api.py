@@ -36,6 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from executor import __version__
 from executor.client import Client, SubmissionError, UnknownTaskTypeError
 from executor.core import Phase
+from executor.http.batch import BatchApi
+from executor.http.batch import openapi_paths as batch_openapi_paths
 from executor.http.metrics import Metrics
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
@@ -465,6 +467,7 @@ class Api:
             Route("/stats/finished", self.finished, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *ScheduleApi(self.client, PREFIX).routes(),
+            *BatchApi(self.client, self.body_timeout).routes(),
         ]
 
     async def executions(self, request: Request) -> Response:
@@ -938,5 +941,6 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **schedule_openapi_paths(),
+            **batch_openapi_paths(),
         },
     }
