@@ -47,6 +47,10 @@ class Sizes:
     #: Scenario 9: how long the stream of submissions runs, and how long each busy `handle` takes.
     pickup_seconds: float = 12.0
     busy_seconds: float = 5.0
+    #: Scenario 10: executions in one bulk submission; 11: concurrent HTTP clients, for how long.
+    bulk_rows: int = 100_000
+    http_clients: int = 50
+    http_seconds: float = 10.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -72,6 +76,9 @@ SMOKE = Sizes(
     straggler_seconds=0.05,
     pickup_seconds=1.0,
     busy_seconds=0.5,
+    bulk_rows=200,
+    http_clients=4,
+    http_seconds=1.0,
 )
 
 
