@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench import functions, longrun, retention, scenarios, schedules, stragglers, waits
+from bench import bulk, functions, longrun, retention, scenarios, schedules, stragglers, waits
 from bench.scenarios import Context
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -18,6 +18,8 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "churn": retention.churn,
     "function-tasks": functions.async_functions,
     "function-cpu": functions.cpu_functions,
+    "bulk": bulk.bulk,
+    "concurrent-submissions": bulk.concurrent,
 }
 
 #: Scenarios run only when named (`--only`): too long for every `make bench` (`make bench-long`).

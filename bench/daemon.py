@@ -148,7 +148,13 @@ class DaemonProcess:
     """`python -m executor run` as a child process, stopped with SIGTERM (its graceful stop)."""
 
     def __init__(
-        self, url: str, plugins_dir: Path, batch_size: int, log_path: Path, poll_interval: str = ""
+        self,
+        url: str,
+        plugins_dir: Path,
+        batch_size: int,
+        log_path: Path,
+        poll_interval: str = "",
+        http_addr: str = "127.0.0.1:0",
     ) -> None:
         env = {key: value for key, value in os.environ.items() if not key.startswith("EXECUTOR_")} | {
             "EXECUTOR_DATABASE_URL": url,
@@ -158,7 +164,7 @@ class DaemonProcess:
             "EXECUTOR_LOG_LEVEL": "warning",
             "EXECUTOR_LOG_FORMAT": "json",
             # The HTTP API, metrics and dashboard stay on, as deployed, on a port of their own.
-            "EXECUTOR_HTTP_ADDR": "127.0.0.1:0",
+            "EXECUTOR_HTTP_ADDR": http_addr,
         }
         if poll_interval:
             env["EXECUTOR_POLL_INTERVAL"] = poll_interval

@@ -69,6 +69,10 @@ class Sizes:
     #: Scenario 14: CPU-bound function tasks per run, and how long each one's work takes.
     cpu_tasks: int = 2_000
     cpu_task_ms: float = 10.0
+    #: Scenario 16: executions in one bulk submission; 17: concurrent HTTP clients, for how long.
+    bulk_rows: int = 100_000
+    http_clients: int = 50
+    http_seconds: float = 10.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -107,6 +111,9 @@ SMOKE = Sizes(
     function_tasks=100,
     cpu_tasks=8,
     cpu_task_ms=1.0,
+    bulk_rows=200,
+    http_clients=4,
+    http_seconds=1.0,
 )
 
 

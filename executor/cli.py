@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--backoff-base", metavar="DURATION")
     submit.add_argument("--backoff-max", metavar="DURATION")
+    submit.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="many at once: JSON lines, one row each (- for stdin)",
+    )
     submit.set_defaults(command=_submit)
 
     get = commands.add_parser("get", parents=[as_json], help="show one execution")
@@ -268,6 +274,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_file is not None:
+        from executor.bulk_commands import submit_from
+
+        return submit_from(args, settings)
     try:
         inputs = json.loads(args.inputs)
     except json.JSONDecodeError as err:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -38,6 +37,9 @@ from executor.plugin.task_exec_context import field_errors
 from executor.settings import Settings
 from executor.store import AbortResult, Store, Submission
 from executor.store.migrate import current_revision, head_revision, upgrade
+
+if TYPE_CHECKING:
+    from executor.bulk import Row
 
 #: A duration as every door takes it: a timedelta, seconds, or text such as "5s" or "1m30s".
 Duration = timedelta | float | str
@@ -165,30 +167,21 @@ class Client:
         )
         return await self.store.submit(submission, now=time.time())
 
-    async def submit_many(self, submissions: Sequence[Submission]) -> list[str]:
-        """Bulk submission of already-built submissions (each still validated)."""
-        checked = [
-            self.validate(
-                s.task_type,
-                s.inputs,
-                s.labels,
-                s.priority,
-                s.max_attempts,
-                None,
-                timeout=s.timeout,
-                deadline=s.deadline,
-                idempotency_key=s.idempotency_key,
-                backoff_base=s.backoff_base,
-                backoff_max=s.backoff_max,
-            )
-            for s in submissions
-        ]
-        for s in submissions:
-            if s.not_before is not None and time_problem(s.not_before) is not None:
-                raise SubmissionError(
-                    f"not_before {time_problem(s.not_before)}, got {s.not_before}", "not_before"
-                )
-        checked = [replace(c, not_before=s.not_before) for s, c in zip(submissions, checked, strict=True)]
+    async def submit_many(self, rows: Iterable[Row], *, task_type: str | None = None) -> list[str]:
+        """Store many executions in one transaction, all or nothing; their ids, in row order.
+
+        A row is a mapping of what `submit` takes (`task_type`, `inputs`, `labels`, `timeout`, ...;
+        text or seconds for durations, a datetime or ISO 8601 text for `not_before`), or a
+        `Submission`; `task_type` is the task type of rows that name none. Every row is checked
+        before any is stored: `BulkSubmissionError` (a `SubmissionError`) names each bad row,
+        counted from 1. A row whose idempotency key is already stored, or repeated earlier in the
+        batch, gets the id that key first got.
+        """
+        from executor.bulk import check_rows
+
+        checked = check_rows(self, list(rows), task_type)
+        if not checked:
+            return []
         return await self.store.submit_many(checked, now=time.time())
 
     def validate(

@@ -611,3 +611,127 @@ async def test_the_doors_refuse_a_wait_alike(
     assert refusal in str(refused.value)
     assert line == f"executor: --timeout: {refused.value}"
     assert api.json()["error"]["message"] == str(refused.value).replace("timeout", "wait", 1)
+
+
+# -- many at once: `Client.submit_many`, `executor submit --from`, `POST /executions:batch` --------
+
+#: A batch as JSON rows, the second one bad: nothing of it may be stored, at any door.
+BAD_BATCH = [
+    {"inputs": {"n": 1}},
+    {"inputs": {"n": 2}, "timeout": "0s"},
+    {"inputs": {"n": 3}, "labels": {"team": "search"}},
+    {"task_type": "nope"},
+]
+
+
+def rows_for(rows: list[dict[str, Any]], door: str) -> list[dict[str, Any]]:
+    return [with_key_of(row, door) for row in rows]
+
+
+def batch_with_the_cli(env: dict[str, str], cwd: Path, rows: list[dict[str, Any]]) -> Outcome:
+    lines = "".join(json.dumps(row) + "\n" for row in rows_for(rows, "cli"))
+    done = subprocess.run(
+        [sys.executable, "-m", "executor", "submit", "echo", "--from", "-", "--json"],
+        env=env,
+        cwd=cwd,
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode == 0:
+        return Outcome(execution_id=",".join(json.loads(done.stdout)["ids"]))
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("executor: submission refused: "), line
+    return Outcome(refusal=line.removeprefix("executor: submission refused: "))
+
+
+async def batch_with_the_client(settings: Settings, rows: list[dict[str, Any]]) -> Outcome:
+    client = await connect(settings, task_types=task_types(settings))
+    try:
+        python_rows = [client_options(row) for row in rows_for(rows, "client")]
+        return Outcome(execution_id=",".join(await client.submit_many(python_rows, task_type="echo")))
+    except SubmissionError as err:
+        return Outcome(refusal=str(err))
+    finally:
+        await client.close()
+
+
+async def batch_with_the_api(parts: DaemonParts, rows: list[dict[str, Any]]) -> tuple[Outcome, Any]:
+    body = {"executions": [{"task_type": "echo", **row} for row in rows_for(rows, "api")]}
+    async with asgi_client(parts) as http:
+        response = await http.post("/api/v1/executions:batch", json=body)
+    if response.status_code == 201:
+        return Outcome(execution_id=",".join(response.json()["ids"])), None
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_batch", error
+    return Outcome(refusal=error["message"].removeprefix("submission refused: ")), error["details"]
+
+
+async def test_a_batch_with_bad_rows_stores_nothing_at_any_door(
+    database_url: str, plugins_dir: Path, tmp_path: Path, api_parts: Any
+) -> None:
+    case = Case("a bad batch")
+    parts = await api_parts(case)
+    env = door_env(database_url, plugins_dir, case)
+    api, details = await batch_with_the_api(parts, BAD_BATCH)
+    outcomes = {
+        "cli": batch_with_the_cli(env, tmp_path, BAD_BATCH),
+        "client": await batch_with_the_client(settings_for(env), BAD_BATCH),
+        "api": api,
+    }
+    refusals = {door: outcome.refusal for door, outcome in outcomes.items()}
+    assert refusals == dict.fromkeys(outcomes, refusals["client"]), refusals
+    assert refusals["client"] == (
+        "2 of 4 rows refused, nothing stored: row 2: timeout must be a positive duration, got 0s; "
+        "row 4: unknown task type 'nope'; known task types: echo, typed"
+    )
+    assert [(d["row"], d["field"]) for d in details] == [(2, "timeout"), (4, "task_type")]
+    assert await parts.store.list_executions(limit=10) == []
+
+
+async def test_a_batch_honours_idempotency_keys_per_row_at_every_door(
+    database_url: str, plugins_dir: Path, tmp_path: Path, api_parts: Any
+) -> None:
+    case = Case("idempotent rows")
+    parts = await api_parts(case)
+    env = door_env(database_url, plugins_dir, case)
+    rows = [
+        {"inputs": {"n": 1}, "idempotency_key": "a"},
+        {
+            "inputs": {"n": 2},
+            "idempotency_key": "b",
+            **{k: v for k, v in EVERY_OPTION.items() if k != "idempotency_key"},
+        },
+        {"inputs": {"n": 3}, "idempotency_key": "a"},  # repeated in the batch: the first row's id
+        {"inputs": {"n": 4}},
+    ]
+
+    async def three_doors() -> dict[str, list[str]]:
+        api, _ = await batch_with_the_api(parts, rows)
+        outcomes = {
+            "cli": batch_with_the_cli(env, tmp_path, rows),
+            "client": await batch_with_the_client(settings_for(env), rows),
+            "api": api,
+        }
+        assert all(o.execution_id for o in outcomes.values()), outcomes
+        return {door: (o.execution_id or "").split(",") for door, o in outcomes.items()}
+
+    first = await three_doors()
+    for ids in first.values():
+        assert len(ids) == 4 and ids[0] == ids[2] and len(set(ids)) == 3
+    assert len(await parts.store.list_executions(limit=20)) == 9  # three new rows per door
+    again = await three_doors()  # the keyed rows find their first ids; the unkeyed one is new
+    for door, ids in again.items():
+        assert ids[:3] == first[door][:3] and ids[3] != first[door][3]
+    assert len(await parts.store.list_executions(limit=20)) == 12
+    shown = {}
+    for door, ids in first.items():
+        record = await parts.store.get(ids[1])
+        assert record is not None
+        shown[door] = comparable(execution_dict(record), door)
+    assert shown["cli"] == shown["client"] == shown["api"]
+    assert shown["api"]["labels"] == EVERY_OPTION["labels"] and shown["api"]["timeout"] == 5.0

@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_daemon_process import Daemon, daemon_env
 
-pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
+# Every operation x 2 modes x EXAMPLES calls to a live daemon: minutes on a loaded machine.
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

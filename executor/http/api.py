@@ -36,6 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from executor import __version__
 from executor.client import Client, SubmissionError, UnknownTaskTypeError
 from executor.core import Phase
+from executor.http.batch import BatchApi
+from executor.http.batch import openapi_paths as batch_openapi_paths
 from executor.http.history import HistoryApi
 from executor.http.history import openapi_paths as history_openapi_paths
 from executor.http.metrics import Metrics
@@ -474,6 +476,7 @@ class Api:
             *ScheduleApi(self.client, PREFIX).routes(),
             *LogApi(self.client).routes(),
             *HistoryApi(self.client).routes(),
+            *BatchApi(self.client, self.body_timeout).routes(),
         ]
 
     async def executions(self, request: Request) -> Response:
@@ -977,5 +980,6 @@ def openapi_document() -> dict[str, Any]:
             **schedule_openapi_paths(),
             **log_openapi_paths(),
             **history_openapi_paths(),
+            **batch_openapi_paths(),
         },
     }

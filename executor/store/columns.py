@@ -50,7 +50,7 @@ class Codec(enum.Enum):
     #: IntEnum run the enum's machinery for every row).
     PHASE = ("_PHASE_OF[{v}]", "_PHASE_VALUE[{v}]")
     #: A JSON object that is never NULL; the common empty one is built without decoding.
-    JSON_OBJECT = ('{{}} if {v} == "{{}}" else _json({v})', "encode_json({v})")
+    JSON_OBJECT = ('{{}} if {v} == "{{}}" else _json({v})', '"{{}}" if not {v} else encode_json({v})')
     #: JSON, or NULL for None.
     JSON = ("_json({v}) if {v} is not None else None", "encode_json({v}) if {v} is not None else None")
     #: An `ExecutionError`, as the JSON of its dictionary; NULL for None.

@@ -36,6 +36,7 @@ class SubmissionFailed(StoreUnavailable):
     """
 
     def __init__(self, cause: str, *, stored: bool | None, execution_ids: tuple[str, ...]) -> None:
+        self.cause = cause
         self.stored = stored
         self.execution_ids = execution_ids
         if stored is False:
@@ -48,6 +49,10 @@ class SubmissionFailed(StoreUnavailable):
                 f"GET /api/v1/executions/ID tells; not found means not stored)"
             )
         super().__init__(f"{cause}; {verdict}")
+
+    def of_one(self, index: int) -> SubmissionFailed:
+        """The verdict for the `index`-th submission of the batch alone (its own id)."""
+        return SubmissionFailed(self.cause, stored=self.stored, execution_ids=(self.execution_ids[index],))
 
 
 class StoreRefused(StoreError):  # noqa: N818

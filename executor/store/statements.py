@@ -123,6 +123,10 @@ class Statements:
     insert_event: str = field(init=False)
     #: PostgreSQL: a round's events in one INSERT, each parameter an array of one column.
     insert_events_unnest: str = field(init=False)
+    #: One new execution, its columns in `EXECUTION_COLUMNS`' order (SQLite's bulk submission).
+    insert_execution: str = field(init=False)
+    #: PostgreSQL: many new executions in one INSERT, each parameter an array of one column.
+    insert_executions_unnest: str = field(init=False)
 
     def __post_init__(self) -> None:
         d = self.dialect
@@ -136,6 +140,7 @@ class Statements:
 
         ids_in = in_list(first)
         event_marks = ", ".join(self._marks(1, len(EVENT_COLUMNS)))
+        execution_marks = ", ".join(self._marks(1, len(EXECUTION_COLUMNS)))
         values = {
             "now": text(f"SELECT {d.now_sql}"),
             "ping": text("SELECT 1"),
@@ -189,6 +194,14 @@ class Statements:
                 f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
                 + ", ".join(
                     f"${number}::{_pg_type(name, events)}[]" for number, name in enumerate(EVENT_COLUMNS, 1)
+                )
+                + ")"
+            ),
+            "insert_execution": f"INSERT INTO executions ({ALL_COLUMNS}) VALUES ({execution_marks})",
+            "insert_executions_unnest": (
+                f"INSERT INTO executions ({ALL_COLUMNS}) SELECT * FROM unnest("
+                + ", ".join(
+                    f"${number}::{_pg_type(name)}[]" for number, name in enumerate(EXECUTION_COLUMNS, 1)
                 )
                 + ")"
             ),

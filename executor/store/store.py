@@ -42,6 +42,7 @@ class Store(SubmissionQueries, RoundQueries, ReadQueries):
         return cls(create_engine(url, application_name=application_name))
 
     async def close(self) -> None:
+        await self.drain_submissions()
         if self._finish_watch is not None:
             await self._finish_watch.close()
         await self.engine.dispose()

@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from executor.core import Phase
 from executor.core.records import EventRecord
 from executor.store import notify, postgres
-from executor.store.base import StoreBase
-from executor.store.columns import event_row, new_row_encoder
+from executor.store.base import Aiosqlite, StoreBase
+from executor.store.columns import encode_event, new_row_encoder
 from executor.store.errors import ConnectionLost, StoreUnavailable, SubmissionFailed
+from executor.store.group_commit import GroupCommit
 from executor.store.guard import guarded
 
 
@@ -42,6 +43,14 @@ class Submission:
     idempotency_key: str | None = None
 
 
+#: Idempotency keys looked up per statement (SQLite allows 32,766 parameters in one).
+KEYS_PER_LOOKUP: Final = 1000
+#: Groups of single submissions written at once on PostgreSQL (see `group_commit.py`).
+GROUP_WRITERS: Final = 4
+#: New executions per INSERT on PostgreSQL: each column one array of this many values.
+ROWS_PER_INSERT: Final = 5000
+
+
 def new_execution_id() -> str:
     """A fresh execution id: a UUID of version 7 (RFC 9562), its first 48 bits the time in ms.
 
@@ -50,11 +59,21 @@ def new_execution_id() -> str:
     spread over the whole index: with a million finished executions in the table, every round
     dirtied that many more pages and every WAL checkpoint wrote them back.
     """
+    return new_execution_ids(1)[0]
+
+
+def new_execution_ids(count: int) -> list[str]:
+    """`count` fresh ids (see `new_execution_id`), their random bits read in one call: a bulk
+    submission paid a system call and a `uuid.UUID` per row."""
     milliseconds = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
-    random = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
-    rand_a, rand_b = random >> 68, random & ((1 << 62) - 1)
-    value = (milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    return str(uuid.UUID(int=value))
+    random = os.urandom(10 * count)  # 80 bits each: 12 for rand_a, 62 for rand_b
+    ids = []
+    for start in range(0, 10 * count, 10):
+        bits = int.from_bytes(random[start : start + 10], "big")
+        rand_a, rand_b = bits >> 68, bits & ((1 << 62) - 1)
+        text = f"{(milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b:032x}"
+        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return ids
 
 
 #: What a submission sets of its execution's record, as Python expressions over `execution_id`,
@@ -108,7 +127,19 @@ class _Attempt:
 
 class SubmissionQueries(StoreBase):
     async def submit(self, submission: Submission, *, now: float) -> str:
-        return (await self.submit_many([submission], now=now))[0]
+        """Store one execution, in the transaction of the submissions that arrive with it
+        (`group_commit.py`); its id once that transaction has committed."""
+        grouped: GroupCommit | None = self.__dict__.get("_grouped")
+        if grouped is None:
+            writers = GROUP_WRITERS if self.dialect is postgres.DIALECT else 1
+            grouped = self.__dict__["_grouped"] = GroupCommit(self._submit_at, writers=writers)
+        return await grouped.submit(submission, now)
+
+    async def drain_submissions(self) -> None:
+        """Wait for the group commits under way (before the engine closes)."""
+        grouped: GroupCommit | None = self.__dict__.get("_grouped")
+        if grouped is not None:
+            await grouped.drain()
 
     async def submit_many(self, submissions: Sequence[Submission], *, now: float) -> list[str]:
         """Store new executions, each QUEUED with its first event, in one transaction.
@@ -122,15 +153,19 @@ class SubmissionQueries(StoreBase):
         thus never stored twice, whether or not the caller gave idempotency keys. When every
         attempt fails, `SubmissionFailed` says whether anything was stored.
         """
+        return await self._submit_at(submissions, [now] * len(submissions))
+
+    async def _submit_at(self, submissions: Sequence[Submission], times: Sequence[float]) -> list[str]:
+        """`submit_many`, each submission at its own time of submission."""
         if not submissions:
             return []
-        planned = [new_execution_id() for _ in submissions]
+        planned = new_execution_ids(len(submissions))
         maybe_stored = False  # whether an earlier attempt's commit may have taken place
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             progress = _Attempt()
             try:
                 with guarded:
-                    return await self._submit_keyed(submissions, planned, now, maybe_stored, progress)
+                    return await self._submit_keyed(submissions, planned, times, maybe_stored, progress)
             except StoreUnavailable as err:
                 if progress.committing:
                     maybe_stored = True
@@ -150,36 +185,36 @@ class SubmissionQueries(StoreBase):
         self,
         submissions: Sequence[Submission],
         planned: Sequence[str],
-        now: float,
+        times: Sequence[float],
         look_first: bool,
         progress: _Attempt,
     ) -> list[str]:
         try:
-            return await self._submit_once(submissions, planned, now, look_first, progress)
+            return await self._submit_once(submissions, planned, times, look_first, progress)
         except IntegrityError:
             if not any(s.idempotency_key for s in submissions):
                 raise
             # Another writer stored one of these keys after we looked: look again, once.
-            return await self._submit_once(submissions, planned, now, look_first, progress)
+            return await self._submit_once(submissions, planned, times, look_first, progress)
 
     async def _submit_once(
         self,
         submissions: Sequence[Submission],
         planned: Sequence[str],
-        now: float,
+        times: Sequence[float],
         look_first: bool,
         progress: _Attempt,
     ) -> list[str]:
         """One attempt, in one transaction: the executions get the `planned` ids, or, when
         `look_first`, the ids they already have if an earlier attempt stored them."""
         keys = sorted({s.idempotency_key for s in submissions if s.idempotency_key is not None})
-        rows, first_events, ids = [], [], []
+        rows: list[tuple[Any, ...]] = []
+        first_events: list[tuple[Any, ...]] = []
+        new_ids: list[str] = []
+        ids: list[str] = []
         async with self._writer.begin() as conn:
-            known: dict[str, str] = {}
-            if keys:
-                found = await conn.execute(self.sql.known_idempotency_keys, {"keys": keys})
-                known = {key: execution_id for key, execution_id in found.all()}
-            for submission, execution_id in zip(submissions, planned, strict=True):
+            known = await self._known_keys(conn, keys)
+            for submission, execution_id, now in zip(submissions, planned, times, strict=True):
                 key = submission.idempotency_key
                 if key is not None and key in known:
                     ids.append(known[key])
@@ -187,21 +222,51 @@ class SubmissionQueries(StoreBase):
                 if key is not None:
                     known[key] = execution_id
                 ids.append(execution_id)
-                rows.append(new_row(execution_id, submission, now))
+                new_ids.append(execution_id)
+                rows.append(tuple(new_row(execution_id, submission, now).values()))
                 first_events.append(
-                    event_row(EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"))
+                    encode_event(EventRecord(execution_id, 1, 1, Phase.QUEUED, 0, now, reason="Submitted"))
                 )
             if not rows:
                 return ids
             if look_first:
-                new_ids = [row["id"] for row in rows]
                 # One transaction stored all of them or none: one found means all were.
                 if (await conn.execute(self.sql.stored_ids, {"ids": new_ids})).first() is not None:
                     return ids
                 progress.looked = True
-            await conn.execute(self.sql.insert_executions, rows)
-            await conn.execute(self.sql.insert_events, first_events)
+            await self._insert_new(conn, rows, first_events)
             if self.dialect is postgres.DIALECT:
                 await notify.send(conn)  # delivered at commit: a woken replica finds the rows
             progress.committing = True  # the block's end commits: from here the outcome may be unknown
         return ids
+
+    async def _known_keys(self, conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
+        """The executions these idempotency keys already made, asked in slices: one statement
+        with a parameter per key would pass SQLite's limit of parameters in a bulk submission."""
+        known: dict[str, str] = {}
+        for start in range(0, len(keys), KEYS_PER_LOOKUP):
+            found = await conn.execute(
+                self.sql.known_idempotency_keys, {"keys": keys[start : start + KEYS_PER_LOOKUP]}
+            )
+            known.update({key: execution_id for key, execution_id in found.all()})
+        return known
+
+    async def _insert_new(
+        self, conn: AsyncConnection, rows: list[tuple[Any, ...]], first_events: list[tuple[Any, ...]]
+    ) -> None:
+        """The rows as the driver's own statements, positional: through SQLAlchemy's `insert()`
+        each row's dictionary of parameters was processed in Python, which cost more than the
+        database's work. PostgreSQL takes a slice of rows per INSERT, one array per column
+        (`unnest`); SQLite runs one prepared INSERT per row (`executemany`), in its own thread."""
+        sql = self.sql
+        if self.dialect is postgres.DIALECT:
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                end = start + ROWS_PER_INSERT
+                columns = tuple(zip(*rows[start:end], strict=True))
+                await conn.exec_driver_sql(sql.insert_executions_unnest, columns)
+                events = tuple(zip(*first_events[start:end], strict=True))
+                await conn.exec_driver_sql(sql.insert_events_unnest, events)
+            return
+        driver = await Aiosqlite.of(conn)
+        await driver.executemany(sql.insert_execution, rows)
+        await driver.executemany(sql.insert_event, first_events)
