@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000.0
 INDEX = "ix_executions_claimable"
 #: What the store binds into the claim's inner SELECT (see Store.claim).
-PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100, "dead_after": 15, "owner": "o"}
+PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100, "dead_after": 15, "owner": "o", "host": "h"}
 
 
 def inner_select(claim_sql: str) -> str:
