@@ -99,7 +99,23 @@ class PluginRegistry:
             for plugin_id, registered in self._registered.items()
             if registered.entry.input_model is not None or registered.entry.output_model is not None
         }
-        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models)
+        placements = {
+            plugin_id: Placement(registered.entry.queue, registered.entry.pin_to_host)
+            for plugin_id, registered in self._registered.items()
+            if registered.entry.queue is not None or registered.entry.pin_to_host
+        }
+        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models, placements)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a plugin's executions run unless their submission says otherwise."""
+
+    queue: str | None = None
+    pin_to_host: bool = False
+
+
+NO_PLACEMENT = Placement()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,8 @@ class TaskTypeResolver:
     default_plugin_id: str | None
     #: Plugin id -> (input model, output model), for plugins that declare either.
     models: Mapping[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = field(default_factory=dict)
+    #: Plugin id -> its entry's `queue` and `pin_to_host`, for plugins that declare either.
+    placements: Mapping[str, Placement] = field(default_factory=dict)
 
     def plugin_id_for(self, task_type: str) -> str | None:
         return self.by_task_type.get(task_type, self.default_plugin_id)
@@ -119,6 +137,10 @@ class TaskTypeResolver:
     def output_model_for(self, task_type: str) -> type[BaseModel] | None:
         plugin_id = self.plugin_id_for(task_type)
         return self.models.get(plugin_id, (None, None))[1] if plugin_id is not None else None
+
+    def placement_for(self, task_type: str) -> Placement:
+        plugin_id = self.plugin_id_for(task_type)
+        return self.placements.get(plugin_id, NO_PLACEMENT) if plugin_id is not None else NO_PLACEMENT
 
     @property
     def task_types(self) -> list[str]:

@@ -113,7 +113,9 @@ class ReadQueries(StoreBase):
                 if free is None:
                     held = (await conn.execute(due.next_held_expiry, params)).scalar()
                 else:
-                    held = (await conn.execute(due.next_held_expiry_before, {**params, "free": free})).scalar()
+                    held = (
+                        await conn.execute(due.next_held_expiry_before, {**params, "free": free})
+                    ).scalar()
                 db_now = (await conn.execute(self.sql.now)).scalar_one()
         return (
             float(free) if free is not None else None,

@@ -179,7 +179,6 @@ class Statements:
 
     def __post_init__(self) -> None:
         d = self.dialect
-        claimable = d.claimable
         first, second, third = self._marks(1, 3)
 
         def in_list(mark: str) -> str:
