@@ -448,7 +448,9 @@ def _plugins(args: argparse.Namespace, settings: Settings) -> int:
             "queue": entry.queue or "default",
             "pin_to_host": entry.pin_to_host,
             # Paused task types this plugin would run (the default plugin's: those no other claims).
-            "paused": [t for t in sorted(paused) if resolver.plugin_id_for(t) == entry.id],
+            "paused": None
+            if paused is None
+            else [t for t in sorted(paused) if resolver.plugin_id_for(t) == entry.id],
         }
         for entry in registry.entries
     ]
@@ -458,9 +460,10 @@ def _plugins(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'PLUGIN':<20}{'TASK TYPES':<30}{'DEFAULT':<9}{'QUEUE':<12}{'PAUSED':<20}SOURCE")
     for row in rows:
         queue = row["queue"] + (" (pin)" if row["pin_to_host"] else "")
+        held = "?" if row["paused"] is None else ", ".join(row["paused"]) or "-"  # `?`: no database
         print(
             f"{row['id']:<20}{', '.join(row['task_types']) or '-':<30}{'yes' if row['is_default'] else '':<9}"
-            f"{queue:<12}{', '.join(row['paused']) or '-':<20}{row['source']}"
+            f"{queue:<12}{held:<20}{row['source']}"
         )
     return OK
 

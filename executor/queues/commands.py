@@ -9,9 +9,10 @@ import anyio
 
 from executor import cli
 from executor.app.parts import connect, task_types
-from executor.client import Client, SubmissionError
+from executor.client import Client, SchemaError, SubmissionError
 from executor.queues.views import paused_dict
 from executor.settings import Settings
+from executor.store import StoreUnavailable
 from executor.store.pauses import PausedTaskType
 
 
@@ -97,8 +98,9 @@ def _paused(args: argparse.Namespace, settings: Settings) -> int:
     return _run(settings, body, with_plugins=False)
 
 
-def paused_task_types(settings: Settings) -> dict[str, PausedTaskType]:
-    """The paused task types, for `executor plugins`."""
+def paused_task_types(settings: Settings) -> dict[str, PausedTaskType] | None:
+    """The paused task types, for `executor plugins`; None when the database does not answer (the
+    plugins are still listed: they come from the plugin modules, not the database)."""
 
     async def go() -> dict[str, PausedTaskType]:
         client = await connect(settings)
@@ -107,4 +109,7 @@ def paused_task_types(settings: Settings) -> dict[str, PausedTaskType]:
         finally:
             await client.close()
 
-    return anyio.run(go)
+    try:
+        return anyio.run(go)
+    except (StoreUnavailable, SchemaError):
+        return None
