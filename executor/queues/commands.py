@@ -14,6 +14,7 @@ from executor.queues.views import paused_dict
 from executor.settings import Settings
 from executor.store import StoreUnavailable
 from executor.store.pauses import PausedTaskType
+from executor.store.sqlite import database_missing
 
 
 def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
@@ -99,11 +100,14 @@ def _paused(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def paused_task_types(settings: Settings) -> dict[str, PausedTaskType] | None:
-    """The paused task types, for `executor plugins`; None when the database does not answer (the
-    plugins are still listed: they come from the plugin modules, not the database)."""
+    """The paused task types, for `executor plugins`; None when the database does not answer or is
+    not migrated (the plugins are still listed: they come from the plugin modules). Listing plugins
+    creates no database and migrates none: a SQLite file that does not exist has nothing paused."""
+    if database_missing(settings.database_url):
+        return {}
 
     async def go() -> dict[str, PausedTaskType]:
-        client = await connect(settings)
+        client = await connect(settings, migrate=False)
         try:
             return {row.task_type: row for row in await client.paused()}
         finally:

@@ -68,6 +68,16 @@ def prepare_url(url: str) -> None:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
+def database_missing(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist yet (opening it would create it)."""
+    if not url.startswith("sqlite"):
+        return False
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return False
+    return not Path(database).expanduser().exists()
+
+
 def configure(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
