@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_daemon_process import Daemon, daemon_env
 
-# 300 s: the pause routes (issue 20) added three operations to the nine the budget was set for.
-pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
+# 420 s: the pause routes (issue 20) added three operations to the nine the budget was set for.
+pytestmark = [pytest.mark.process, pytest.mark.timeout(420)]
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
