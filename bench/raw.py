@@ -96,6 +96,7 @@ def _claim_parameters(token: str, now: float, batch_size: int) -> dict[str, Any]
         "now": now,
         "limit": batch_size,
         "dead_after": LEASE_SECONDS,  # the leases of silent replicas: as the store's default
+        "host": None,  # the replica's host: it claims unpinned rows (see `store.served`)
     }
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from executor.client import SubmissionError
 from executor.store import Submission
+from executor.store.statements import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from executor.client import Client
@@ -34,6 +35,8 @@ ROW_FIELDS: Final = (
     "idempotency_key",
     "backoff_base",
     "backoff_max",
+    "queue",
+    "pin_to_host",
 )
 #: Bad rows a refusal's message names; `BulkSubmissionError.problems` holds all of them.
 NAMED_IN_MESSAGE: Final = 10
@@ -102,6 +105,9 @@ def check_row(client: Client, row: Row, task_type: str | None = None) -> Submiss
             idempotency_key=row.idempotency_key,
             backoff_base=row.backoff_base,
             backoff_max=row.backoff_max,
+            # A Submission's defaults mean "not said": the plugin entry's placement applies.
+            queue=row.queue if row.queue != DEFAULT_QUEUE else None,
+            pin_to_host=row.pin_to_host or None,
         )
     if not isinstance(row, Mapping):
         raise SubmissionError(f"a row must be a JSON object, not {type(row).__name__}")
@@ -123,6 +129,8 @@ def check_row(client: Client, row: Row, task_type: str | None = None) -> Submiss
         idempotency_key=row.get("idempotency_key"),
         backoff_base=row.get("backoff_base"),
         backoff_max=row.get("backoff_max"),
+        queue=row.get("queue"),
+        pin_to_host=row.get("pin_to_host"),
     )
 
 

@@ -196,9 +196,11 @@ def _add_command_modules(
     commands: Any, as_json: argparse.ArgumentParser, submit: argparse.ArgumentParser
 ) -> None:
     """The commands that live in modules of their own, each registered by its `add_commands`:
-    `executor schedule ...`, `logs`, `retry` / `failures` / `prune`, `wait` and `submit --wait`."""
+    `executor schedule ...`, `logs`, `retry` / `failures` / `prune`, `wait` and `submit --wait`,
+    `pause` / `resume` / `paused` and `submit --queue/--pin-to-host`."""
     from executor import cli_wait
     from executor.history.commands import add_commands as add_history_commands
+    from executor.queues.commands import add_commands as add_pause_commands
     from executor.schedules.commands import add_commands as add_schedule_commands
     from executor.tasklog_commands import add_commands as add_log_commands
 
@@ -207,6 +209,7 @@ def _add_command_modules(
     add_history_commands(commands, as_json)
     cli_wait.add_commands(commands, as_json)
     cli_wait.add_submit_options(submit)
+    add_pause_commands(commands, as_json)  # `executor pause ...`, and `submit --queue/--pin-to-host`
 
 
 def _phase(text: str) -> Phase:
@@ -310,6 +313,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
                 idempotency_key=args.idempotency_key,
                 backoff_base=args.backoff_base,
                 backoff_max=args.backoff_max,
+                queue=args.queue,
+                pin_to_host=args.pin_to_host,
             )
         except SubmissionError as err:
             raise CommandError(f"submission refused: {err}") from None
@@ -351,6 +356,9 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
             "deadline_at",
             "not_before",
             "idempotency_key",
+            "queue",
+            "pin_to_host",
+            "pinned_host",
             "backoff_base",
             "backoff_max",
             "labels",
@@ -456,25 +464,36 @@ def _abort(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _plugins(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.queues.commands import paused_task_types
+
     registry = collect_registry(settings)
     resolver = task_types(settings, registry)
+    paused = paused_task_types(settings)
     rows: list[dict[str, Any]] = [
         {
             "id": entry.id,
             "task_types": [t for t in resolver.task_types if resolver.plugin_id_for(t) == entry.id],
             "is_default": entry.is_default,
             "source": registry.source_of(entry.id),
+            "queue": entry.queue or "default",
+            "pin_to_host": entry.pin_to_host,
+            # Paused task types this plugin would run (the default plugin's: those no other claims).
+            "paused": None
+            if paused is None
+            else [t for t in sorted(paused) if resolver.plugin_id_for(t) == entry.id],
         }
         for entry in registry.entries
     ]
     if args.json:
         _print_json(rows)
         return OK
-    print(f"{'PLUGIN':<20}{'TASK TYPES':<30}{'DEFAULT':<9}SOURCE")
+    print(f"{'PLUGIN':<20}{'TASK TYPES':<30}{'DEFAULT':<9}{'QUEUE':<12}{'PAUSED':<20}SOURCE")
     for row in rows:
+        queue = row["queue"] + (" (pin)" if row["pin_to_host"] else "")
+        held = "?" if row["paused"] is None else ", ".join(row["paused"]) or "-"  # `?`: no database
         print(
             f"{row['id']:<20}{', '.join(row['task_types']) or '-':<30}{'yes' if row['is_default'] else '':<9}"
-            f"{row['source']}"
+            f"{queue:<12}{held:<20}{row['source']}"
         )
     return OK
 

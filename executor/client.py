@@ -35,8 +35,9 @@ from executor.limits import (
 from executor.plugin.registry import TaskTypeResolver
 from executor.plugin.task_exec_context import field_errors
 from executor.settings import Settings
-from executor.store import AbortResult, Store, Submission
+from executor.store import AbortResult, Store, Submission, pauses
 from executor.store.migrate import current_revision, head_revision, upgrade
+from executor.store.statements import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from executor.bulk import Row
@@ -145,12 +146,17 @@ class Client:
         idempotency_key: str | None = None,
         backoff_base: Duration | None = None,
         backoff_max: Duration | None = None,
+        queue: str | None = None,
+        pin_to_host: bool | None = None,
     ) -> str:
         """Store an execution and return its id (with `idempotency_key`, the id the key first got).
 
         `timeout` bounds each attempt from its first round (then `TimeoutExpired`, retried while
         attempts remain); `deadline` bounds the whole execution from now (then `DeadlineExceeded`).
         Durations take a timedelta, seconds or text such as "5s"; unset ones take the daemon's defaults.
+        `queue` (default: the plugin entry's, else `default`) says which replicas may run it
+        (EXECUTOR_QUEUES); `pin_to_host` (default: the plugin entry's) keeps every round on the
+        host of the replica that claims it first.
         """
         submission = self.validate(
             task_type,
@@ -164,6 +170,8 @@ class Client:
             idempotency_key=idempotency_key,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            queue=queue,
+            pin_to_host=pin_to_host,
         )
         return await self.store.submit(submission, now=time.time())
 
@@ -198,6 +206,8 @@ class Client:
         idempotency_key: str | None = None,
         backoff_base: Duration | None = None,
         backoff_max: Duration | None = None,
+        queue: str | None = None,
+        pin_to_host: bool | None = None,
     ) -> Submission:
         _check_name("task_type", task_type)
         if self._task_types is not None and self._task_types.plugin_id_for(task_type) is None:
@@ -246,6 +256,16 @@ class Client:
         attempts = max_attempts
         _check_int("max_attempts", attempts, low=1)
         when = _timestamp(not_before)
+        placement = self._task_types.placement_for(task_type) if self._task_types is not None else None
+        if queue is None:
+            queue = placement.queue if placement is not None and placement.queue else DEFAULT_QUEUE
+        _check_name("queue", queue)
+        if pin_to_host is None:
+            pin_to_host = placement.pin_to_host if placement is not None else False
+        if not isinstance(pin_to_host, bool):
+            raise SubmissionError(
+                f"pin_to_host must be true or false, not {type(pin_to_host).__name__}", "pin_to_host"
+            )
         return Submission(
             task_type=task_type,
             inputs=dict(inputs),
@@ -258,6 +278,8 @@ class Client:
             backoff_base=base_s,
             backoff_max=max_s,
             idempotency_key=idempotency_key,
+            queue=queue,
+            pin_to_host=pin_to_host,
         )
 
     async def get(self, execution_id: str) -> ExecutionRecord | None:
@@ -335,6 +357,30 @@ class Client:
         if name_problem(execution_id) is not None:
             return AbortResult.NOT_FOUND
         return await self.store.request_abort(execution_id, reason, now=time.time())
+
+    # -- pause and resume (README: Pause and resume) ---------------------------------------------
+
+    async def pause(self, task_type: str, reason: str | None = None) -> bool:
+        """Hold back every execution of `task_type` on every replica, from its next claim on;
+        False when it was paused already. A round under way finishes; aborts still run."""
+        self._check_pausable(task_type)
+        if reason is not None:
+            _check_name("reason", reason, MAX_REASON)
+        return await pauses.pause(self.store, task_type, now=time.time(), reason=reason)
+
+    async def resume(self, task_type: str) -> bool:
+        """Let `task_type` run again; False when it was not paused."""
+        self._check_pausable(task_type)
+        return await pauses.resume(self.store, task_type)
+
+    async def paused(self) -> list[pauses.PausedTaskType]:
+        """The paused task types, by name."""
+        return await pauses.paused(self.store)
+
+    def _check_pausable(self, task_type: str) -> None:
+        _check_name("task_type", task_type)
+        if self._task_types is not None and self._task_types.plugin_id_for(task_type) is None:
+            raise UnknownTaskTypeError(task_type, self._task_types.task_types)
 
 
 def wait_seconds(timeout: Duration | None, name: str = "timeout") -> float | None:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 import pydantic_settings
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from executor.core import parse_duration
 from executor.limits import INT32_MAX, MAX_DURATION_SECONDS, MAX_NAME, name_problem
@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)
     replica_id: str = Field(default_factory=_default_replica_id)
+    #: The queues this replica claims from, comma-separated (`gpu,default`; `default` is the queue
+    #: of executions submitted without one); unset: every queue.
+    queues: Annotated[tuple[str, ...] | None, NoDecode] = None
+    #: This replica's host, which outlives its restarts: executions pinned to a host (`pin_to_host`)
+    #: are claimed only by replicas that say the same here. Default: the machine's hostname.
+    host: str = Field(default_factory=socket.gethostname)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: `auto`: readable on a terminal, JSON lines otherwise.
     log_format: Literal["auto", "console", "json"] = "auto"
@@ -151,6 +157,29 @@ class Settings(BaseSettings):
     @classmethod
     def _replica_id(cls, value: str) -> str:
         # It is stored as every lease's owner and every heartbeat's key (255-character columns).
+        problem = name_problem(value, MAX_NAME)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @pydantic.field_validator("queues", mode="before")
+    @classmethod
+    def _queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",")]
+            if not value.strip():
+                return None
+            for name in names:
+                problem = name_problem(name, MAX_NAME)
+                if problem is not None:
+                    raise ValueError(f"a queue name {problem} (write queues as gpu,default)")
+            return tuple(dict.fromkeys(names))
+        return value
+
+    @pydantic.field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # Stored in the pinned rows' 255-character column.
         problem = name_problem(value, MAX_NAME)
         if problem is not None:
             raise ValueError(problem)

@@ -233,9 +233,8 @@ class ShellPlugin(Plugin):
         if record.exists():  # started by a round whose commit was lost: adopt it, never run twice
             handle = ProcessHandle.model_validate_json(record.read_text())
         else:
-            # PINNING: the execution must stay on this host from here on (its process and log are
-            # here). The queues branch (s-queues) adds pinning to the host that first ran an
-            # execution; the lead wires its call in here at merge.
+            # The execution stays on this host from here on (its process and log are here): the
+            # entry's `pin_to_host` pinned it to this replica's host at its first claim.
             argv = spec.render(inputs.params)
             env = {k: os.environ[k] for k in self.config.inherit_env if k in os.environ} | spec.env
             handle, popen = await asyncio.to_thread(
@@ -355,6 +354,8 @@ plugin_registry().register_core_plugin(
         load_plugin=load,
         input_model=ShellInputs,
         config_model=ShellConfig,
+        # Every round, abort and finalize where the process runs, also after a restart.
+        pin_to_host=True,
     )
 )
 

@@ -19,6 +19,7 @@ from sqlalchemy.schema import CreateIndex
 
 from executor.store import Store, Submission, postgres, sqlite
 from executor.store.migrate import upgrade
+from executor.store.served import Served
 from executor.store.tables import executions
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000.0
 INDEX = "ix_executions_claimable"
 #: What the store binds into the claim's inner SELECT (see Store.claim).
-PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100, "dead_after": 15, "owner": "o"}
+PARAMS: dict[str, object] = {"now": T0 + 10, "limit": 100, "dead_after": 15, "owner": "o", "host": "h"}
 
 
 def inner_select(claim_sql: str) -> str:
@@ -283,3 +284,74 @@ async def test_postgres_commit_looks_each_row_up_by_key_whatever_the_token_stati
         await conn.rollback()
     assert "Seq Scan on executions" not in plan, plan
     assert "pk_executions" in plan, plan
+
+
+# -- the claims of replicas serving named queues (EXECUTOR_QUEUES) ---------------------------------
+
+QUEUE_INDEX = "ix_executions_claimable_queue"
+GPU_ONLY = ("gpu",)
+WITH_DEFAULT = ("gpu", "default")
+
+
+def queue_params(queues: tuple[str, ...]) -> dict[str, object]:
+    return {**PARAMS, **{f"queue_{number}": queue for number, queue in enumerate(queues)}}
+
+
+async def _fill_queues(store: Store) -> None:
+    """Pending work in the default queue, a little in `gpu`, some of it pinned to a host or paused."""
+    await store.submit_many([Submission("echo") for _ in range(50)], now=T0)
+    await store.submit_many([Submission("echo", queue="gpu") for _ in range(5)], now=T0)
+    await store.submit_many([Submission("echo", queue="gpu", pin_to_host=True) for _ in range(2)], now=T0)
+    await store.submit_many([Submission("held", queue="gpu") for _ in range(3)], now=T0)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("INSERT INTO paused_task_types VALUES ('held', 0, NULL)"))
+        await conn.execute(text("ANALYZE" if store.dialect is sqlite.DIALECT else "ANALYZE executions"))
+
+
+@pytest.fixture
+async def any_store(database_url: str) -> AsyncIterator[Store]:
+    async for store in _store(database_url):
+        yield store
+
+
+async def test_a_queue_bound_claim_reads_the_queue_index_in_order(any_store: Store) -> None:
+    store = any_store
+    backend = "sqlite" if store.dialect is sqlite.DIALECT else "postgres"
+    if backend == "sqlite":
+        await _fill_sqlite(store, 5000)
+    else:
+        await _insert_postgres_rows(store, 20_000, finished=True)
+    await _fill_queues(store)
+    select_sql = inner_select(store.dialect.claim_for(GPU_ONLY, False))
+    if backend == "sqlite":
+        plan = "\n".join(await sqlite_plan(store, select_sql, queue_params(GPU_ONLY)))
+        assert f"USING INDEX {QUEUE_INDEX} (queue=?" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # the index gives the order: O(batch)
+    else:
+        plan = await postgres_plan(store, select_sql, queue_params(GPU_ONLY))
+        assert QUEUE_INDEX in plan and "Seq Scan on executions" not in plan, plan
+        assert "Sort" not in plan, plan
+        assert "hashed SubPlan" in plan, plan  # the paused task types: read once, not per row
+
+    # A replica serving the default queue too walks the claim's usual index.
+    select_sql = inner_select(store.dialect.claim_for(WITH_DEFAULT, False))
+    if backend == "sqlite":
+        plan = "\n".join(await sqlite_plan(store, select_sql, queue_params(WITH_DEFAULT)))
+        assert "ix_executions_claimable_priority" in plan and "TEMP B-TREE" not in plan, plan
+    else:
+        plan = await postgres_plan(store, select_sql, queue_params(WITH_DEFAULT))
+        assert "ix_executions_claimable" in plan and "Seq Scan on executions" not in plan, plan
+
+    # And the claims take exactly what they may: not the default queue, not the paused type, not
+    # a pin of another host; the unpinned host pins what asks for it.
+    gpu = Served(GPU_ONLY, "h1")
+    claimed = await store.claim(owner="o", token="t", limit=100, lease_ttl=30, now=T0 + 10, served=gpu)
+    assert sorted((r.queue, r.task_type, r.pinned_host or "-") for r in claimed) == sorted(
+        [("gpu", "echo", "-")] * 5 + [("gpu", "echo", "h1")] * 2
+    )
+    await store.release_leases("t", [r.id for r in claimed])
+    elsewhere = Served(GPU_ONLY, "h2")
+    again = await store.claim(owner="o", token="u", limit=100, lease_ttl=30, now=T0 + 10, served=elsewhere)
+    assert len(again) == 5 and all(r.pinned_host is None for r in again)
+    everything = await store.claim(owner="o", token="v", limit=100, lease_ttl=30, now=T0 + 10)
+    assert {r.queue for r in everything} == {"default"} and len(everything) >= 50

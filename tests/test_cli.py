@@ -301,7 +301,7 @@ def test_plugins_lists_the_built_in_task_types(cli: Cli, tmp_path: Path) -> None
     assert rows["echo"]["task_types"] == ["echo"]
     assert rows["core-sleep"]["source"] == str(BUILTIN_PLUGINS / "sleep.py")
     header, *lines = ok(cli("plugins")).strip().splitlines()
-    assert header.split() == ["PLUGIN", "TASK", "TYPES", "DEFAULT", "SOURCE"]
+    assert header.split() == ["PLUGIN", "TASK", "TYPES", "DEFAULT", "QUEUE", "PAUSED", "SOURCE"]
     assert ["core-sleep", "core-sleep"] in [line.split()[:2] for line in lines]
     assert ["echo", "echo"] in [line.split()[:2] for line in lines]
     assert not (tmp_path / "executor.db").exists()  # listing plugins needs no database

@@ -64,6 +64,15 @@ class Typed(Plugin):
 plugin_registry().register_core_plugin(
     PluginEntry(id="typed", registered_task_types=["typed"], input_model=Order, load_plugin=lambda s: Typed())
 )
+plugin_registry().register_core_plugin(
+    PluginEntry(
+        id="placed",
+        registered_task_types=["placed"],
+        queue="gpu",
+        pin_to_host=True,
+        load_plugin=lambda s: Typed(),
+    )
+)
 '''
 
 FUNCTION_TASK = '''
@@ -93,8 +102,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     #: Words of the refusal; None: stored.
     refused: str | None = None
-    #: Fields the stored execution must show (beyond the options given).
-    expect: dict[str, Any] = field(default_factory=dict)
+    #: What the stored execution shows beyond the options given (defaults from the plugin entry).
+    shows: dict[str, Any] = field(default_factory=dict)
 
 
 EVERY_OPTION = {
@@ -107,10 +116,27 @@ EVERY_OPTION = {
     "idempotency_key": "order-17",
     "backoff_base": "2s",
     "backoff_max": "1m30s",
+    "queue": "gpu",
+    "pin_to_host": True,
 }
 
 CASES = [
     Case("plain", inputs={"greeting": "hello"}),
+    # Issue 20: queues and pinning, and the plugin entry's defaults for them (`placed`).
+    Case("a queue", options={"queue": "gpu"}),
+    Case("the plugin's queue and pin", task_type="placed", shows={"queue": "gpu", "pin_to_host": True}),
+    Case(
+        "a queue beats the plugin's",
+        task_type="placed",
+        options={"queue": "cpu"},
+        shows={"queue": "cpu", "pin_to_host": True},
+    ),
+    Case("an empty queue", options={"queue": ""}, refused="queue must be 1 to 255 characters, got 0"),
+    Case(
+        "a queue name too long",
+        options={"queue": "q" * 256},
+        refused="queue must be 1 to 255 characters, got 256",
+    ),
     Case("every option", inputs={"n": 1}, options=EVERY_OPTION),
     Case(
         "defaults from settings",
@@ -141,7 +167,7 @@ CASES = [
         task_type="resize",
         inputs={"path": "cat.png"},
         env={"EXECUTOR_DEFAULT_MAX_ATTEMPTS": "5", "EXECUTOR_DEFAULT_TIMEOUT": "5s"},
-        expect={"max_attempts": 3, "timeout": 120.0, "inputs": {"path": "cat.png", "width": 256}},
+        shows={"max_attempts": 3, "timeout": 120.0, "inputs": {"path": "cat.png", "width": 256}},
     ),
     Case(
         "options beat a function task's defaults",
@@ -270,6 +296,8 @@ def cli_argv(case: Case, options: dict[str, Any]) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if name == "labels":
             argv += [arg for key, text in value.items() for arg in ("--label", f"{key}={text}")]
+        elif value is True:
+            argv.append(flag)
         else:
             argv += [flag, str(value)]
     return argv
@@ -406,10 +434,10 @@ async def test_the_doors_refuse_and_store_alike(
     expected = {key: value for key, value in case.options.items() if key not in DURATIONS}
     expected.pop("not_before", None)
     assert {key: shown["cli"][key] for key in expected} == expected
+    assert {key: shown["cli"][key] for key in case.shows} == case.shows
     for name in DURATIONS:
         if name in case.options:
             assert shown["cli"][name] == parse_duration(case.options[name]).total_seconds()
-    assert {key: shown["cli"][key] for key in case.expect} == case.expect
 
 
 def test_get_json_and_the_api_show_every_option_in_one_shape(
@@ -452,6 +480,8 @@ def test_get_json_and_the_api_show_every_option_in_one_shape(
         "idempotency_key": from_cli["idempotency_key"],
         "backoff_base": from_cli["backoff_base"],
         "backoff_max": from_cli["backoff_max"],
+        "queue": from_cli["queue"],
+        "pin_to_host": from_cli["pin_to_host"],
     } == {
         **EVERY_OPTION,
         "not_before": datetime(2999, 1, 1, tzinfo=UTC).isoformat(),

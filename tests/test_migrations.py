@@ -37,6 +37,7 @@ TABLES = {
     "resource_quotas",
     "resource_allocations",
     "schedules",
+    "paused_task_types",
     "schedule_slots",
 }
 

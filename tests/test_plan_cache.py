@@ -27,11 +27,14 @@ from executor.core import PhaseInfo, do_transition
 from executor.store import Store, Submission
 from executor.store.base import DriverSql
 from executor.store.migrate import upgrade
+from executor.store.served import Served
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_700_000_000.0
 ROWS = 100_000
+#: A replica with EXECUTOR_QUEUES=gpu on host h.
+QUEUE_BOUND = Served(("gpu",), "h")
 
 
 def _dsn(url: str) -> str:
@@ -73,13 +76,17 @@ async def _grow(url: str) -> None:
 def _per_round_statements(store: Store) -> dict[str, str]:
     """The SQL of every statement a round runs on PostgreSQL, as the driver receives it."""
     sql = store.sql
-    statements = {"claim": store._claim.sql}
+    statements = {
+        "claim": store._claim.sql,
+        "claim_gpu": store.claim_statement(QUEUE_BOUND.queues, False).sql,
+    }
     for shape in [(False, False), (True, False), (False, True), (True, True)]:
         statements[f"commit{shape}"] = sql.update_round_unnest(*shape)
     statements["renew_leases"] = sql.renew_leases
     statements["release_leases"] = sql.release_leases
     for name in ("next_free_due", "next_held_expiry", "next_held_expiry_before"):
         statements[name] = DriverSql(getattr(sql, name), store.engine).sql
+        statements[f"{name}_gpu"] = DriverSql(getattr(sql.due(QUEUE_BOUND.queues), name), store.engine).sql
     return statements
 
 
@@ -141,6 +148,11 @@ async def _a_round(store: Store, token: str, now: float) -> int:
     await store.renew_leases({token: [record.id for record in claimed[5:]]}, lease_ttl=30)
     await store.release_leases(token, [record.id for record in claimed[5:]])
     await store.due_in(now)
+    # A replica serving only a named queue: its own claim and idle wait (the table holds none of it).
+    assert (
+        await store.claim(owner="o", token=token, limit=10, lease_ttl=30, now=now, served=QUEUE_BOUND) == []
+    )
+    await store.due_in(now, QUEUE_BOUND)
     return len(claimed)
 
 
@@ -169,7 +181,7 @@ async def test_the_store_plans_the_round_on_the_table_as_it_is(
     executions_plans = [plan for plan in plans if "executions" in plan]
     claims = [plan for plan in executions_plans if "lease_owner = " in plan and "LockRows" in plan]
     commits = [plan for plan in executions_plans if "unnest" in plan and "Update on executions" in plan]
-    assert len(claims) == 10 and len(commits) == 10, plans
+    assert len(claims) == 20 and len(commits) == 10, plans
     scans = [plan for plan in executions_plans if "Seq Scan on executions" in plan]
     assert not scans, scans[0]
     assert all("ix_executions_claimable" in plan for plan in claims), claims[0]

@@ -204,3 +204,34 @@ def test_unrelated_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("EXECUTOR_NOT_A_SETTING", "whatever")
     monkeypatch.setenv("EXECUTOR_SECRET_API_KEY", "s3cret")
     load_settings()
+
+
+def test_queues_are_a_comma_separated_list_and_the_host_defaults_to_the_hostname(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    assert (load_settings().queues, load_settings().host) == (None, socket.gethostname())
+    monkeypatch.setenv("EXECUTOR_QUEUES", " gpu, default ,gpu")
+    monkeypatch.setenv("EXECUTOR_HOST", "worker-7")
+    settings = load_settings()
+    assert (settings.queues, settings.host) == (("gpu", "default"), "worker-7")
+    monkeypatch.setenv("EXECUTOR_QUEUES", "")
+    assert load_settings().queues is None  # set but empty: every queue, as unset
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("EXECUTOR_QUEUES", "gpu,,cpu", "a queue name must be 1 to 255 characters, got 0"),
+        ("EXECUTOR_QUEUES", "q" * 256, "a queue name must be 1 to 255 characters, got 256"),
+        ("EXECUTOR_HOST", "h" * 256, "must be 1 to 255 characters, got 256"),
+    ],
+)
+def test_a_queue_or_host_the_store_cannot_hold_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name) as refused:
+        load_settings()
+    assert words in str(refused.value)

@@ -144,3 +144,10 @@ class PluginEntry:
     #: EXECUTOR_DEFAULT_MAX_ATTEMPTS and EXECUTOR_DEFAULT_TIMEOUT (every door applies them).
     default_max_attempts: int | None = None
     default_timeout: timedelta | None = None
+    #: The queue its task types' executions go to when the submission names none (None: the
+    #: `default` queue). Replicas with EXECUTOR_QUEUES set claim only the queues they list.
+    queue: str | None = None
+    #: Pin each execution to the host (EXECUTOR_HOST) of the replica that claims it first, before
+    #: its first `handle`: every later round, abort and finalize run on that host, also after a
+    #: restart of its daemon. For plugins whose work lives on the machine (local processes, files).
+    pin_to_host: bool = False

@@ -62,6 +62,12 @@ class ExecutionRecord:
     idempotency_key: str | None = None
     #: When the submission said the first round may run, seconds since the epoch (None: at once).
     not_before: float | None = None
+    #: The named queue it waits in: a replica with EXECUTOR_QUEUES set claims only its queues.
+    queue: str = "default"
+    #: Run every round on the host of the replica that claims it first (`pinned_host`).
+    pin_to_host: bool = False
+    #: The host (EXECUTOR_HOST) it is pinned to: only replicas on that host claim it.
+    pinned_host: str | None = None
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None

@@ -41,6 +41,8 @@ from executor.http.batch import openapi_paths as batch_openapi_paths
 from executor.http.history import HistoryApi
 from executor.http.history import openapi_paths as history_openapi_paths
 from executor.http.metrics import Metrics
+from executor.http.pauses import PauseApi
+from executor.http.pauses import openapi_paths as pause_openapi_paths
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
 from executor.http.tasklogs import LogApi
@@ -57,10 +59,11 @@ from executor.limits import (
     MAX_REASON,
     name_problem,
 )
-from executor.plugin.registry import LoadedPlugins
+from executor.plugin.registry import NO_PLACEMENT, LoadedPlugins
 from executor.settings import Settings
 from executor.store import AbortResult
 from executor.store.replicas import list_replicas
+from executor.store.statements import DEFAULT_QUEUE
 from executor.store.stats import FINAL_PHASES, finished_per_minute, lease_holders
 from executor.views import event_dict, execution_dict, iso, own_replica_dict, replica_dicts
 
@@ -220,6 +223,17 @@ class SubmitRequest(BaseModel):
     backoff_max: JsonDuration | None = Field(
         None, description=f"{_DURATION} Default: EXECUTOR_RETRY_BACKOFF_MAX."
     )
+    queue: str | None = Field(
+        None,
+        description="1 to 255 characters: only replicas serving this queue (EXECUTOR_QUEUES) run it. "
+        "Default: the plugin's queue, else `default`.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_NAME},
+    )
+    pin_to_host: bool | None = Field(
+        None,
+        description="Run every round on the host of the replica that claims it first. "
+        "Default: the plugin's choice (false for most).",
+    )
 
 
 class AbortRequest(BaseModel):
@@ -273,6 +287,9 @@ class Execution(BaseModel):
     idempotency_key: str | None
     backoff_base: float | None = Field(description="Seconds; null: EXECUTOR_RETRY_BACKOFF_BASE.")
     backoff_max: float | None = Field(description="Seconds; null: EXECUTOR_RETRY_BACKOFF_MAX.")
+    queue: str = Field(description="The queue it waits in; replicas with EXECUTOR_QUEUES claim theirs.")
+    pin_to_host: bool = Field(description="Pinned to the host of the replica that claims it first.")
+    pinned_host: str | None = Field(description="The host (EXECUTOR_HOST) it is pinned to, once claimed.")
     rounds: int
     plugin_state_version: int
     abort_requested: bool
@@ -323,11 +340,15 @@ class PluginInfo(BaseModel):
     id: str
     task_types: list[str]
     is_default: bool = Field(description="Handles task types no other plugin claims.")
+    queue: str = Field(description="The queue of its executions when the submission names none.")
+    pin_to_host: bool = Field(description="Its executions are pinned to the host that claims them first.")
+    paused: list[str] = Field(description="Its task types that are paused (`executor pause`).")
 
 
 class PluginList(BaseModel):
     items: list[PluginInfo]
     task_types: list[str]
+    paused: list[str] = Field(description="Every paused task type.")
 
 
 class Replica(BaseModel):
@@ -477,6 +498,7 @@ class Api:
             *LogApi(self.client).routes(),
             *HistoryApi(self.client).routes(),
             *BatchApi(self.client, self.body_timeout).routes(),
+            *PauseApi(self.client).routes(),
         ]
 
     async def executions(self, request: Request) -> Response:
@@ -528,6 +550,8 @@ class Api:
                 idempotency_key=body.idempotency_key,
                 backoff_base=body.backoff_base,
                 backoff_max=body.backoff_max,
+                queue=body.queue,
+                pin_to_host=body.pin_to_host,
             )
         except SubmissionError as err:
             raise _refused(err) from None
@@ -613,15 +637,19 @@ class Api:
     # GET /plugins
     async def plugins_list(self, request: Request) -> Response:
         resolver = self.plugins.resolver
+        paused = sorted(row.task_type for row in await self.client.paused())
         items = [
             {
                 "id": plugin_id,
                 "task_types": [t for t in resolver.task_types if resolver.plugin_id_for(t) == plugin_id],
                 "is_default": resolver.default_plugin_id == plugin_id,
+                "queue": resolver.placements.get(plugin_id, NO_PLACEMENT).queue or DEFAULT_QUEUE,
+                "pin_to_host": resolver.placements.get(plugin_id, NO_PLACEMENT).pin_to_host,
+                "paused": [t for t in paused if resolver.plugin_id_for(t) == plugin_id],
             }
             for plugin_id in sorted(self.plugins.by_id)
         ]
-        return Json({"items": items, "task_types": resolver.task_types})
+        return Json({"items": items, "task_types": resolver.task_types, "paused": paused})
 
     # GET /replicas
     async def replicas(self, request: Request) -> Response:
@@ -981,5 +1009,6 @@ def openapi_document() -> dict[str, Any]:
             **log_openapi_paths(),
             **history_openapi_paths(),
             **batch_openapi_paths(),
+            **pause_openapi_paths(),
         },
     }

@@ -106,7 +106,14 @@ class PluginRegistry:
             for plugin_id, entry in ((pid, r.entry) for pid, r in self._registered.items())
             if entry.default_max_attempts is not None or entry.default_timeout is not None
         }
-        return TaskTypeResolver(mapping, defaults[0] if defaults else None, models, submission_defaults)
+        placements = {
+            plugin_id: Placement(registered.entry.queue, registered.entry.pin_to_host)
+            for plugin_id, registered in self._registered.items()
+            if registered.entry.queue is not None or registered.entry.pin_to_host
+        }
+        return TaskTypeResolver(
+            mapping, defaults[0] if defaults else None, models, submission_defaults, placements
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,17 @@ _NO_DEFAULTS = SubmissionDefaults()
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a plugin's executions run unless their submission says otherwise."""
+
+    queue: str | None = None
+    pin_to_host: bool = False
+
+
+NO_PLACEMENT = Placement()
+
+
+@dataclass(frozen=True, slots=True)
 class TaskTypeResolver:
     by_task_type: Mapping[str, str]
     default_plugin_id: str | None
@@ -128,6 +146,8 @@ class TaskTypeResolver:
     models: Mapping[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = field(default_factory=dict)
     #: Plugin id -> the submission defaults of its entry, for plugins that declare any.
     submission_defaults: Mapping[str, SubmissionDefaults] = field(default_factory=dict)
+    #: Plugin id -> its entry's `queue` and `pin_to_host`, for plugins that declare either.
+    placements: Mapping[str, Placement] = field(default_factory=dict)
 
     def defaults_for(self, task_type: str) -> SubmissionDefaults:
         plugin_id = self.plugin_id_for(task_type)
@@ -145,6 +165,10 @@ class TaskTypeResolver:
     def output_model_for(self, task_type: str) -> type[BaseModel] | None:
         plugin_id = self.plugin_id_for(task_type)
         return self.models.get(plugin_id, (None, None))[1] if plugin_id is not None else None
+
+    def placement_for(self, task_type: str) -> Placement:
+        plugin_id = self.plugin_id_for(task_type)
+        return self.placements.get(plugin_id, NO_PLACEMENT) if plugin_id is not None else NO_PLACEMENT
 
     @property
     def task_types(self) -> list[str]:

@@ -240,7 +240,7 @@ class Reconciler:
     async def _idle_delay(self) -> float:
         poll = self.settings.poll_interval.total_seconds()
         try:
-            due_in = await self.store.due_in(self.clock())
+            due_in = await self.store.due_in(self.clock(), self._rounds.served)
         except Exception as err:
             if not is_unavailable(err):
                 raise

@@ -31,6 +31,7 @@ from executor.runtime.stragglers import CallKind, Straggler, Stragglers
 from executor.settings import Settings
 from executor.store import Store
 from executor.store.quotas import SqlResourceManager
+from executor.store.served import Served
 
 #: Another replica silent for this many heartbeat intervals is taken for dead: the claim takes
 #: its leases without waiting for them to expire. Two and a half: one lost beat is not death, and
@@ -94,6 +95,8 @@ class RoundRunner:
             default_requeue=settings.default_requeue.total_seconds(),
             max_phase_versions=settings.max_phase_versions,
         )
+        #: What this replica may claim: its queues and its host (EXECUTOR_QUEUES, EXECUTOR_HOST).
+        self.served = Served(settings.queues, settings.host)
         self._lease_ttl = settings.lease_ttl.total_seconds()
         self._dead_after = DEAD_AFTER_HEARTBEATS * settings.heartbeat_interval.total_seconds()
         # What plugins registered at set-up; the quotas themselves are kept in the store.
@@ -142,6 +145,7 @@ class RoundRunner:
             lease_ttl=self._lease_ttl,
             now=self._clock(),
             dead_after=self._dead_after,
+            served=self.served,
         )
         self.last_round_at = self._clock()
         handled = HandledRound(number, token, claimed)

@@ -59,6 +59,17 @@ class StoreBase:
         self._single_statement = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._claim = DriverSql(text(self.dialect.claim_sql), engine)
         self._claim_pinned = DriverSql(text(self.dialect.claim_sql_pinned), engine)
+        self._claims: dict[tuple[tuple[str, ...], bool], DriverSql] = {}
+
+    def claim_statement(self, queues: tuple[str, ...] | None, pinned: bool) -> DriverSql:
+        """The claim of a replica serving `queues` (None: all), compiled once per shape."""
+        if queues is None:
+            return self._claim_pinned if pinned else self._claim
+        found = self._claims.get((queues, pinned))
+        if found is None:
+            found = DriverSql(text(self.dialect.claim_for(queues, pinned)), self.engine)
+            self._claims[(queues, pinned)] = found
+        return found
 
     @property
     def overlaps_writes(self) -> bool:

@@ -172,6 +172,11 @@ EXECUTIONS: Final = (
     # Migration 0004: the submission's not-before time, kept so every door can show it after the
     # first round has run (`next_round_at` moves on; this does not).
     Col("not_before", Double),
+    # Migration 0008: which replicas may claim it (README: Queues and pinning). The claim writes
+    # `pinned_host` (with the lease, for a row that asks for a pin); a commit never does.
+    Col("queue", String(255), nullable=False, server_default=text("'default'")),
+    Col("pin_to_host", Boolean, nullable=False, codec=Codec.FLAG, server_default=false()),
+    Col("pinned_host", String(255)),
 )
 
 #: The events table, in its order: each column is the `EventRecord` field of its name.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,3 +28,6 @@ class Dialect:
     numbered: bool
     #: The literal true.
     true: str
+    #: The claim of a replica serving `queues` (None: every queue), its lease clock pinned to
+    #: `lease_now` when the second argument says so; `claim_sql` is `claim_for(None, False)`.
+    claim_for: Callable[[Sequence[str] | None, bool], str]

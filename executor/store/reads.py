@@ -13,6 +13,7 @@ from executor.store import notify, postgres, statements
 from executor.store.base import StoreBase
 from executor.store.columns import decode_event, decode_execution
 from executor.store.guard import guarded, read_retrying
+from executor.store.served import EVERYTHING, Served
 
 
 class AbortResult(enum.Enum):
@@ -87,20 +88,20 @@ class ReadQueries(StoreBase):
 
     # -- when work is due ---------------------------------------------------------------------
 
-    async def next_due_at(self) -> float | None:
+    async def next_due_at(self, served: Served = EVERYTHING) -> float | None:
         """When a claim may next find work (None: nothing pending)."""
-        free, held, _ = await self._due_times()
+        free, held, _ = await self._due_times(served)
         due = [value for value in (free, held) if value is not None]
         return min(due) if due else None
 
-    async def due_in(self, now: float) -> float | None:
+    async def due_in(self, now: float, served: Served = EVERYTHING) -> float | None:
         """Seconds from `now` (the caller's clock) until a claim may find work (None: nothing pending).
 
         Due times are on the clock of the replica that wrote them, lease expiries on the
         database's: each is measured against its own clock, so a replica whose clock runs ahead
         does not see a live lease as expired and spin on empty claims until it really is.
         """
-        free, held, db_now = await self._due_times()
+        free, held, db_now = await self._due_times(served)
         waits = []
         if free is not None:
             waits.append(free - now)
@@ -108,24 +109,29 @@ class ReadQueries(StoreBase):
             waits.append(held - db_now)
         return max(min(waits), 0.0) if waits else None
 
-    async def _due_times(self) -> tuple[float | None, float | None, float]:
+    async def _due_times(self, served: Served) -> tuple[float | None, float | None, float]:
         """The earliest due time of an unleased row, the earliest lease expiry, the database's now.
 
         That is the earliest `next_round_at` of a row that still needs a round, except that a row
         leased past its due time (a round under way, here or on another replica) is not claimable
         before its lease runs out: counting it as due would make an idle loop spin on empty claims.
+        Rows `served` does not allow (other queues, paused task types, other hosts' pins) are not
+        counted either, for the same reason.
         Both queries walk the partial index from its start; the rows before the first unleased one
         are only those of rounds in flight, so this stays O(batch).
         """
-        sql = self.sql
+        due = self.sql.due(served.queues)
+        params = served.parameters()
         with guarded:
             async with self.engine.connect() as conn:
-                free = (await conn.execute(sql.next_free_due)).scalar()
+                free = (await conn.execute(due.next_free_due, params)).scalar()
                 if free is None:
-                    held = (await conn.execute(sql.next_held_expiry)).scalar()
+                    held = (await conn.execute(due.next_held_expiry, params)).scalar()
                 else:
-                    held = (await conn.execute(sql.next_held_expiry_before, {"free": free})).scalar()
-                db_now = (await conn.execute(sql.now)).scalar_one()
+                    held = (
+                        await conn.execute(due.next_held_expiry_before, {**params, "free": free})
+                    ).scalar()
+                db_now = (await conn.execute(self.sql.now)).scalar_one()
         return (
             float(free) if free is not None else None,
             float(held) if held is not None else None,

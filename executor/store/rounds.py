@@ -19,6 +19,7 @@ from executor.store import notify, postgres, sqlite
 from executor.store.base import Aiosqlite, StoreBase
 from executor.store.columns import commit_rows, decode_execution, encode_event
 from executor.store.guard import guarded
+from executor.store.served import EVERYTHING, Served
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class RoundQueries(StoreBase):
         now: float,
         lease_now: float | None = None,
         dead_after: float | None = None,
+        served: Served = EVERYTHING,
     ) -> list[ExecutionRecord]:
         """Lease up to `limit` executions due at `now` to `owner` under `token`, oldest due first.
 
@@ -58,6 +60,8 @@ class RoundQueries(StoreBase):
         disagree still agree on whose lease is live; `lease_now` pins that clock (tests only).
         The leases of other replicas silent for more than `dead_after` seconds (their last
         heartbeat; default: `lease_ttl`, when their leases have expired anyway) are taken too.
+        Only rows `served` allows are taken: its queues, task types not paused (abort requests
+        excepted), rows not pinned to another host; a row asking for a pin is pinned to its host.
         """
         params: dict[str, Any] = {
             "owner": owner,
@@ -66,10 +70,11 @@ class RoundQueries(StoreBase):
             "now": now,
             "limit": limit,
             "dead_after": lease_ttl if dead_after is None else dead_after,
+            **served.parameters(),
         }
-        statement = self._claim
+        statement = self.claim_statement(served.queues, lease_now is not None)
         if lease_now is not None:
-            statement, params["lease_now"] = self._claim_pinned, lease_now
+            params["lease_now"] = lease_now
         rows: Sequence[Any]
         with guarded:
             if self.dialect is sqlite.DIALECT:

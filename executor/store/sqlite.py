@@ -7,6 +7,7 @@ when another process got the lock in between, and `busy_timeout` does not help i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,29 @@ NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 #: through `ix_executions_claimable` and sorting them; likelihood() changes only the estimate.
 DUE = "likelihood(next_round_at <= :now, 0.5)"
 
+
+def claim_for(queues: Sequence[str] | None, pinned: bool) -> str:
+    lease_now = PINNED_LEASE_NOW if pinned else NOW
+    return claim_statement(CLAIMABLE, "", lease_now, DUE, queues=queues, likely=LIKELY)
+
+
+#: The claim's other terms, which nearly every row passes (see `statements.served_predicate`).
+LIKELY = "likelihood({}, 0.99)"
+
 DIALECT = Dialect(
     name="sqlite",
-    claim_sql=claim_statement(CLAIMABLE, "", NOW, DUE),
+    claim_sql=claim_for(None, False),
     lock_suffix="",
     # Every transaction ends in an explicit commit or rollback (a Connection rolls back what it
     # began when it closes), so the pool's own rollback on return is a second, empty one: a hop
     # to aiosqlite's thread and back for nothing, twice a round.
     engine_options={"connect_args": {"timeout": 30}, "pool_reset_on_return": None},
     now_sql=NOW,
-    claim_sql_pinned=claim_statement(CLAIMABLE, "", PINNED_LEASE_NOW, DUE),
+    claim_sql_pinned=claim_for(None, True),
     claimable=CLAIMABLE,
     numbered=False,
     true="1",
+    claim_for=claim_for,
 )
 
 BEGIN_OPTION = "executor_sqlite_begin"
@@ -55,6 +66,16 @@ def prepare_url(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def database_missing(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist yet (opening it would create it)."""
+    if not url.startswith("sqlite"):
+        return False
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return False
+    return not Path(database).expanduser().exists()
 
 
 def configure(engine: AsyncEngine) -> None:

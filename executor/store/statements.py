@@ -36,6 +36,43 @@ PINNED_LEASE_NOW = "CAST(:lease_now AS DOUBLE PRECISION)"
 _FINAL = ", ".join(str(int(phase)) for phase in (Phase.SUCCESS, Phase.PERMANENT_FAILURE, Phase.ABORTED))
 
 
+#: The queue of executions submitted without one.
+DEFAULT_QUEUE = "default"
+
+
+def served_predicate(queues: Sequence[str] | None, likely: str = "{}") -> str:
+    """What a replica may claim, beyond the claimable predicate: the queues it serves (None: all),
+    task types not paused (an abort request is carried out all the same), rows not pinned to
+    another host (`:host`, NULL for none). Parameters: `:host`, and `:queue_0`, ... per queue.
+
+    A replica that serves only named queues repeats the predicate of
+    `ix_executions_claimable_queue` literally (`queue <> 'default'`): SQLite uses a partial index
+    only then, and PostgreSQL proves it from the same words. The paused task types are a handful
+    of rows, read once per statement (a hashed subplan on PostgreSQL).
+
+    The terms that nearly every row passes are CASE expressions, whose selectivity PostgreSQL
+    does not estimate (it assumes half): as `pinned_host IS NULL OR ...`, estimated from no
+    statistics at 0.5%, the idle wait's query on a table grown without ANALYZE left the claimable
+    index for a scan of the whole table. `likely` wraps them too (SQLite: `likelihood(..., 0.99)`):
+    told that they filter rows out, SQLite's planner left the claim's ordered index for a sort.
+    """
+    parts = []
+    if queues is not None:
+        marks = ", ".join(f":queue_{number}" for number in range(len(queues)))
+        if DEFAULT_QUEUE in queues:
+            parts.append(likely.format(f"CASE WHEN queue IN ({marks}) THEN TRUE ELSE FALSE END"))
+        else:
+            parts.append(f"queue IN ({marks}) AND queue <> '{DEFAULT_QUEUE}'")
+    parts.append(
+        likely.format(
+            "CASE WHEN abort_requested THEN TRUE "
+            "ELSE task_type NOT IN (SELECT task_type FROM paused_task_types) END"
+        )
+    )
+    parts.append(likely.format("CASE WHEN pinned_host IS NULL THEN TRUE ELSE pinned_host = :host END"))
+    return " AND ".join(parts)
+
+
 def claim_statement(
     claimable: str,
     lock: str,
@@ -43,6 +80,8 @@ def claim_statement(
     due: str = "next_round_at <= :now",
     *,
     ids_as_array: bool = False,
+    queues: Sequence[str] | None = None,
+    likely: str = "{}",
 ) -> str:
     """The claim as one statement: pick the due rows through the partial index, stamp a lease.
 
@@ -57,13 +96,16 @@ def claim_statement(
     fences: a replica that was only slow finds its lease gone and loses its commit. The replicas
     are a handful of rows, read once per claim (a hashed subplan), so the claim stays O(batch).
 
+    `queues` and `:host` say which rows this replica may claim (`served_predicate`); the claim
+    of a row submitted with `pin_to_host` pins it to `:host`.
+
     `ids_as_array` (PostgreSQL): the picked ids become one array the update looks up by primary
     key. Given `id IN (SELECT ...)`, PostgreSQL planned a hash join against a sequential scan of
     the whole table whenever that looked cheap (every pending row read per claim: half the
     claim's time with 20,000 pending); `= ANY(ARRAY(...))` is an index lookup per picked row.
     """
     picked = (
-        f"SELECT id FROM executions WHERE {claimable} AND {due} "
+        f"SELECT id FROM executions WHERE {claimable} AND {due} AND {served_predicate(queues, likely)} "
         f"AND (lease_expires_at IS NULL OR lease_expires_at < {lease_now} OR lease_owner IN ("
         f"SELECT id FROM replicas WHERE heartbeat_at < {lease_now} - :dead_after AND id <> :owner)) "
         f"ORDER BY priority DESC, next_round_at LIMIT :limit{lock}"
@@ -71,10 +113,24 @@ def claim_statement(
     where = f"id = ANY(ARRAY({picked}))" if ids_as_array else f"id IN ({picked})"
     return (
         "UPDATE executions SET lease_owner = :owner, lease_token = :token, "
-        f"lease_expires_at = {lease_now} + :lease_ttl "
+        f"lease_expires_at = {lease_now} + :lease_ttl, "
+        # The first claim of a row that asks for a pin pins it to the claiming replica's host.
+        "pinned_host = CASE WHEN pin_to_host AND pinned_host IS NULL THEN :host ELSE pinned_host END "
         f"WHERE {where} "
         f"RETURNING {ALL_COLUMNS}"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DueStatements:
+    """When a replica's claim may next find work: see `Statements.due` and `reads._due_times`.
+    Parameters: those of `served_predicate`; `:free` for the last."""
+
+    #: The earliest due time of an unleased row that still needs a round.
+    next_free_due: TextClause
+    #: The earliest lease expiry of a row leased past its due time (`_before`: due before `:free`).
+    next_held_expiry: TextClause
+    next_held_expiry_before: TextClause
 
 
 _POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -130,7 +186,6 @@ class Statements:
 
     def __post_init__(self) -> None:
         d = self.dialect
-        claimable = d.claimable
         first, second, third = self._marks(1, 3)
 
         def in_list(mark: str) -> str:
@@ -139,24 +194,13 @@ class Statements:
             return f"= ANY({mark})" if d.numbered else f"IN (SELECT value FROM json_each({mark}))"
 
         ids_in = in_list(first)
+        object.__setattr__(self, "_due", {})
         event_marks = ", ".join(self._marks(1, len(EVENT_COLUMNS)))
         execution_marks = ", ".join(self._marks(1, len(EXECUTION_COLUMNS)))
         values = {
             "now": text(f"SELECT {d.now_sql}"),
             "ping": text("SELECT 1"),
-            "next_free_due": text(
-                f"SELECT next_round_at FROM executions WHERE {claimable} "
-                "AND (lease_expires_at IS NULL OR lease_expires_at <= next_round_at) "
-                "ORDER BY next_round_at LIMIT 1"
-            ),
-            "next_held_expiry": text(
-                f"SELECT min(lease_expires_at) FROM executions WHERE {claimable} "
-                "AND lease_expires_at > next_round_at"
-            ),
-            "next_held_expiry_before": text(
-                f"SELECT min(lease_expires_at) FROM executions WHERE {claimable} "
-                "AND lease_expires_at > next_round_at AND next_round_at < :free"
-            ),
+            **{name: getattr(self.due(None), name) for name in DueStatements.__slots__},
             "get_execution": text(f"SELECT {ALL_COLUMNS} FROM executions WHERE id = :id"),
             "count_by_phase": text("SELECT phase, count(*) FROM executions GROUP BY phase"),
             "events_of": text(
@@ -210,6 +254,32 @@ class Statements:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_updates", {})
         object.__setattr__(self, "_unnest_updates", {})
+
+    def due(self, queues: Sequence[str] | None) -> DueStatements:
+        """The idle wait's statements for a replica serving `queues` (None: all), built once each:
+        work this replica may not claim (another queue, a paused task type, another host's pin)
+        must not make it wake up for nothing, or spin on empty claims."""
+        cache: dict[tuple[str, ...] | None, DueStatements] = self._due  # type: ignore[attr-defined]
+        key = tuple(queues) if queues is not None else None
+        found = cache.get(key)
+        if found is None:
+            claimable = f"{self.dialect.claimable} AND {served_predicate(queues)}"
+            found = cache[key] = DueStatements(
+                next_free_due=text(
+                    f"SELECT next_round_at FROM executions WHERE {claimable} "
+                    "AND (lease_expires_at IS NULL OR lease_expires_at <= next_round_at) "
+                    "ORDER BY next_round_at LIMIT 1"
+                ),
+                next_held_expiry=text(
+                    f"SELECT min(lease_expires_at) FROM executions WHERE {claimable} "
+                    "AND lease_expires_at > next_round_at"
+                ),
+                next_held_expiry_before=text(
+                    f"SELECT min(lease_expires_at) FROM executions WHERE {claimable} "
+                    "AND lease_expires_at > next_round_at AND next_round_at < :free"
+                ),
+            )
+        return found
 
     def id_list(self, ids: Sequence[str]) -> Any:
         """A list of ids as the one parameter `still_leased`, `release_*` take."""

@@ -41,6 +41,10 @@ class Submission:
     backoff_max: float | None = None
     #: A second submission with the same key returns the first execution instead of a new one.
     idempotency_key: str | None = None
+    #: The queue it waits in (README: Queues and pinning).
+    queue: str = "default"
+    #: Pin it to the host of the replica that claims it first.
+    pin_to_host: bool = False
 
 
 #: Idempotency keys looked up per statement (SQLite allows 32,766 parameters in one).
@@ -99,6 +103,8 @@ SUBMITTED: Final = {
     "backoff_max": "submission.backoff_max",
     "idempotency_key": "submission.idempotency_key",
     "not_before": "submission.not_before",
+    "queue": "submission.queue",
+    "pin_to_host": "submission.pin_to_host",
 }
 
 #: A new execution's row, by column name: `new_row(execution_id, submission, now)`.

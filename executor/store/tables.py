@@ -3,7 +3,7 @@ a test checks that a freshly migrated database and these definitions agree."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, text
+from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, Text, text
 
 from executor.store.columns import EVENTS, EXECUTIONS
 
@@ -48,6 +48,19 @@ Index(
     sqlite_where=text("finished_at IS NOT NULL"),
     postgresql_where=text("finished_at IS NOT NULL"),
 )
+# A replica that serves only named queues (EXECUTOR_QUEUES without `default`) claims through this
+# one, in the same order per queue: its claim skips no other queue's rows. Only rows of named
+# queues are in it, so work in the default queue costs no index write more per round. The claim
+# repeats both predicates literally (see `statements.served_predicate`).
+Index(
+    "ix_executions_claimable_queue",
+    executions.c.queue,
+    executions.c.priority.desc(),
+    executions.c.next_round_at,
+    sqlite_where=text("finalized = 0 AND queue <> 'default'"),
+    # As PostgreSQL spells it back (the migrations test compares the words).
+    postgresql_where=text("((NOT finalized) AND ((queue)::text <> 'default'::text))"),
+)
 # A second submission with the same key returns the first execution (NULLs never collide).
 Index("ix_executions_idempotency_key", executions.c.idempotency_key, unique=True)
 
@@ -88,6 +101,15 @@ replicas = Table(
     Column("rounds", Integer, nullable=False),
     Column("last_round_at", Double),
     Column("in_flight", Integer, nullable=False),
+)
+
+# Task types paused by `executor pause` (migration 0006): a handful of rows every claim reads once.
+paused_task_types = Table(
+    "paused_task_types",
+    metadata,
+    Column("task_type", String(255), primary_key=True),
+    Column("paused_at", Double, nullable=False),
+    Column("reason", Text),
 )
 
 # The schedules' tables live in a module of their own, registered in `metadata` here.

@@ -161,6 +161,8 @@ async function loadExecution(id) {
       field("attempt", `${execution.attempt} of ${execution.max_attempts}`),
       field("system failures", execution.system_failures),
       field("rounds", execution.rounds),
+      field("queue", execution.queue + (execution.pinned_host ? ` · pinned to ${execution.pinned_host}`
+        : execution.pin_to_host ? " · to be pinned to the first host" : "")),
       field("created", when(execution.created_at)),
       field("finished", when(execution.finished_at)),
       field("finalized", execution.finalized ? "yes" : "no"),
