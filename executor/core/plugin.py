@@ -17,17 +17,17 @@ from executor.core.transition import Transition
 class PluginProperties:
     """What a plugin tells the daemon about how to call it."""
 
-    #: The plugin's calls may block (sync I/O, CPU work): they run on a worker thread with an event
-    #: loop of their own, so they can never stall the round for the other executions.
     blocking: bool = False
-    #: The plugin's calls are CPU-bound Python, which a thread cannot take off the loop (the GIL):
-    #: `handle`, `abort` and `finalize` run in a worker process of the daemon's pool
-    #: (EXECUTOR_PROCESS_WORKERS), one call at a time per worker. Only the execution record and
-    #: what the call came to cross the process boundary, as the store's JSON; the plugin object
-    #: in the worker is an instance of its own, loaded there from the same settings.
+    """The plugin's calls may block (sync I/O, CPU work): they run on a worker thread with an event
+    loop of their own, so they can never stall the round for the other executions."""
     cpu_bound: bool = False
-    #: Cap on `TaskExecutionMetadata.generated_name`, for remote systems with short name limits.
+    """The plugin's calls are CPU-bound Python, which a thread cannot take off the loop (the GIL):
+    `handle`, `abort` and `finalize` run in a worker process of the daemon's pool
+    (EXECUTOR_PROCESS_WORKERS), one call at a time per worker. Only the execution record and
+    what the call came to cross the process boundary, as the store's JSON; the plugin object
+    in the worker is an instance of its own, loaded there from the same settings."""
     generated_name_max_length: int | None = None
+    """Cap on `TaskExecutionMetadata.generated_name`, for remote systems with short name limits."""
 
 
 class BackgroundTasks(Protocol):
