@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report as reporting
-from bench.catalog import SCENARIOS
+from bench.catalog import ON_REQUEST, SCENARIOS
 from bench.daemon import REPO_ROOT, plugins_directory
 from bench.databases import PostgresBackend, SqliteBackend
 from bench.harness import FULL, SMOKE, Progress, Report, Sizes
@@ -58,9 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         sizes = sizes.scaled(**{key: float(value) if kinds[key] in ("float", float) else int(value)})
     chosen = list(SCENARIOS) if not args.only else [name.strip() for name in args.only.split(",")]
-    unknown = [name for name in chosen if name not in SCENARIOS]
+    unknown = [name for name in chosen if name not in SCENARIOS and name not in ON_REQUEST]
     if unknown:
-        print(f"bench: unknown scenario {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        print(
+            f"bench: unknown scenario {', '.join(unknown)}; known: {', '.join([*SCENARIOS, *ON_REQUEST])}",
+            file=sys.stderr,
+        )
         return 2
     postgres_url = None if args.no_postgres else _postgres_url(args.postgres_url)
     command = "python -m bench " + " ".join(
@@ -107,7 +110,7 @@ async def run(
             facts = await postgres.server_facts()
         for name in chosen:
             ctx.progress(f"scenario {name}")
-            await SCENARIOS[name](ctx)
+            await {**SCENARIOS, **ON_REQUEST}[name](ctx)
     finally:
         if postgres is not None:
             await postgres.close()
@@ -159,7 +162,11 @@ def _postgres_url(explicit: str | None) -> str | None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="every scenario once at a tiny size")
-    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help=f"comma-separated: {', '.join(SCENARIOS)} (and, only when named, {', '.join(ON_REQUEST)})",
+    )
     parser.add_argument("--output", type=Path, metavar="PATH", help="write the report there (BENCHMARKS.md)")
     parser.add_argument("--postgres-url", metavar="URL", help="admin URL of the PostgreSQL to use")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")

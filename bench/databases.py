@@ -165,6 +165,15 @@ class PostgresBackend:
         for name in list(self.created):
             await self.drop(name)
 
+    async def execute_in(self, name: str, *statements: str) -> None:
+        """Run `statements` in the benchmark database `name`."""
+        connection = await asyncpg.connect(**self.connect_kwargs(name))
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
     async def vacuum_analyze(self, name: str) -> None:
         """What autovacuum would do after a bulk load, done now so it cannot land mid-measurement."""
         connection = await asyncpg.connect(**self.connect_kwargs(name))

@@ -34,6 +34,13 @@ class Sizes:
     #: pg-boss at its defaults fetches one job per 2 s polling interval (0.5 jobs/s whatever the count):
     #: 50,000 jobs would take a day, so its default runs this many.
     pgboss_default_jobs: int = 10
+    #: Scenario 6 at a constant rate: submissions a second, and for how long each run offers them.
+    latency_rate: float = 200.0
+    latency_rate_seconds: float = 10.0
+    #: The long run (`make bench-long`): how long the constant stream lasts, and the window at each
+    #: end whose pickup latencies are compared.
+    long_seconds: float = 600.0
+    long_window_seconds: float = 60.0
     #: Poll interval, in ms, of the step that waits for the daemon to finish a latency sample.
     poll_ms: float = 2.0
     #: EXECUTOR_POLL_INTERVAL for the daemon processes; empty keeps the daemon's default. Only
@@ -50,6 +57,13 @@ class Sizes:
     #: Scenario 10: schedules all due in the same second, and the scheduler processes racing for them.
     schedules: int = 10_000
     schedule_replicas: int = 3
+    #: Scenario 11: finished rows the pruner deletes while the daemon runs this many executions.
+    prune_rows: int = 1_000_000
+    prune_executions: int = 20_000
+    #: Scenario 12: how long submissions arrive, how many a second, and how long SUCCESS is kept.
+    churn_seconds: float = 60.0
+    churn_rate: int = 1_000
+    churn_retention: float = 5.0
 
     def scaled(self, **changes: object) -> Sizes:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -67,6 +81,9 @@ SMOKE = Sizes(
     memory_seconds=0.2,
     latency_samples=1,
     latency_seconds=5.0,
+    latency_rate_seconds=0.5,
+    long_seconds=4.0,
+    long_window_seconds=1.0,
     daemon_poll_interval="50ms",
     peer_jobs=30,
     procrastinate_jobs=20,
@@ -77,6 +94,11 @@ SMOKE = Sizes(
     busy_seconds=0.5,
     schedules=50,
     schedule_replicas=2,
+    prune_rows=500,
+    prune_executions=40,
+    churn_seconds=2.0,
+    churn_rate=50,
+    churn_retention=0.5,
 )
 
 

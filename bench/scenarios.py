@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import daemon, peers, raw
+from bench import daemon, paced, peers, raw
 from bench.cpu import CpuUse
 from bench.databases import (
     POSTGRES,
@@ -343,6 +343,55 @@ async def latency(ctx: Context) -> None:
         p99m = ctx.report.measurement(scenario, store, DAEMON, "p99", "ms")
         ctx.report.target(f"S6 {store}: latency p50 < 20 ms", p50m.median, 20.0, at_least=False, unit="ms")
         ctx.report.target(f"S6 {store}: latency p99 < 100 ms", p99m.median, 100.0, at_least=False, unit="ms")
+    await paced_latency(ctx)
+
+
+async def paced_latency(ctx: Context) -> None:
+    """Scenario 6 under a steady stream: `latency_rate` submissions a second (issue 21's 200/s),
+    offered open-loop for `latency_rate_seconds`, each timed from submit to first `handle`."""
+    sizes = ctx.sizes
+    scenario = (
+        f"{S6[: -len(' (daemon idle)')]} at {sizes.latency_rate:g}/s for {sizes.latency_rate_seconds:g}s"
+    )
+
+    for backend in ctx.backends:
+        store = backend.label
+        await latency_runs(ctx, backend, scenario, "paced", _paced_sampler(scenario, store))
+        if isinstance(backend, PostgresBackend):
+            p50m = ctx.report.measurement(scenario, store, DAEMON, "p50", "ms")
+            p99m = ctx.report.measurement(scenario, store, DAEMON, "p99", "ms")
+            rate = f"{sizes.latency_rate:g}/s"
+            ctx.report.target(
+                f"S6 {store} at {rate}: p50 < 5 ms", p50m.median, 5.0, at_least=False, unit="ms"
+            )
+            ctx.report.target(
+                f"S6 {store} at {rate}: p99 < 20 ms", p99m.median, 20.0, at_least=False, unit="ms"
+            )
+
+
+def _paced_sampler(scenario: str, store: str) -> Sampler:
+    async def sample(ctx: Context, url: str, process: daemon.DaemonProcess) -> list[float]:
+        sizes = ctx.sizes
+        run = await paced.paced_samples(
+            url, process, rate=sizes.latency_rate, seconds=sizes.latency_rate_seconds
+        )
+        # The submitter's share: on a loaded machine it, not the daemon, may be what is slow.
+        report, submitter = ctx.report, "submitter (Python client)"
+        report.measurement(
+            scenario, store, submitter, "submit p50", "ms", higher_is_better=False
+        ).values.append(1000 * percentile(run.submit_seconds, 0.5))
+        report.measurement(scenario, store, submitter, "offered", "submissions/s").values.append(
+            run.offered_rate
+        )
+        # The daemon's share without the submitter's commit: from `submit` returning to `handle`.
+        after = [s.after_return for s in run.samples]
+        for metric, fraction in (("p50 after submit returned", 0.5), ("p99 after submit returned", 0.99)):
+            report.measurement(scenario, store, DAEMON, metric, "ms", higher_is_better=False).values.append(
+                1000 * percentile(after, fraction)
+            )
+        return [s.latency for s in run.samples]
+
+    return sample
 
 
 Sampler = Callable[[Context, str, daemon.DaemonProcess], Awaitable[list[float]]]

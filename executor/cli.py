@@ -200,13 +200,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(command=_config)
 
-    from executor.schedules.commands import add_commands  # `executor schedule ...`
+    _add_command_modules(commands, as_json)
+    return parser
 
-    add_commands(commands, as_json)
+
+def _add_command_modules(commands: Any, as_json: argparse.ArgumentParser) -> None:
+    """The commands that live in modules of their own, each registered by its `add_commands`."""
+    from executor.history.commands import add_commands as add_history_commands  # retry, failures, prune
+    from executor.schedules.commands import add_commands  # `executor schedule ...`
     from executor.tasklog_commands import add_commands as add_log_commands  # `executor logs`
 
+    add_commands(commands, as_json)
     add_log_commands(commands, as_json)
-    return parser
+    add_history_commands(commands, as_json)
 
 
 def _phase(text: str) -> Phase:
@@ -382,15 +388,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     async def body(client: Client) -> int:
         try:
-            if args.label:
-                records = await _labelled(client, args)
-            else:
-                records = await client.list_executions(
-                    phases=args.phase,
-                    task_type=args.task_type,
-                    unfinalized=args.unfinalized,
-                    limit=args.limit,
-                )
+            records = await client.list_executions(
+                phases=args.phase,
+                task_type=args.task_type,
+                unfinalized=args.unfinalized,
+                limit=args.limit,
+                labels=label_filter(args.label),
+            )
         except SubmissionError as err:
             raise CommandError(str(err), USAGE) from None
         if args.json:
@@ -416,19 +420,15 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return _with_client(settings, body)
 
 
-async def _labelled(client: Client, args: argparse.Namespace) -> list[Any]:
-    """`list --label`: executions carrying every label given (then the other filters)."""
-    from executor.store.schedules import ScheduleStore
-
-    labels = dict(item.partition("=")[::2] for item in args.label)
-    found = await ScheduleStore(client.store).executions_labelled(labels, limit=max(args.limit * 4, 200))
-    phases = set(args.phase)
-    found = [
-        r
-        for r in found
-        if (not phases or r.phase in phases) and (args.task_type is None or r.task_type == args.task_type)
-    ]
-    return found[: args.limit]
+def label_filter(items: Sequence[str]) -> dict[str, str]:
+    """`--label KEY=VALUE` options as the labels an execution must carry, every one of them."""
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CommandError(f"--label {item!r} is not KEY=VALUE", USAGE)
+        labels[key] = value
+    return labels
 
 
 def _events(args: argparse.Namespace, settings: Settings) -> int:

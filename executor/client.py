@@ -258,9 +258,11 @@ class Client:
         unfinalized: bool = False,
         limit: int = 50,
         before: tuple[float, str] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ExecutionRecord]:
-        """Newest first; `before` (created_at, id) continues after that execution. A filter no
-        execution could match is refused (`SubmissionError` naming it), not sent to the database."""
+        """Newest first; `before` (created_at, id) continues after that execution; `labels`: only
+        executions carrying every one of them. A filter no execution could match is refused
+        (`SubmissionError` naming it), not sent to the database."""
         if task_type is not None:
             _check_name("task_type", task_type)
         if before is not None:
@@ -268,9 +270,19 @@ class Client:
             if not math.isfinite(created_at) or name_problem(last_id) is not None:
                 raise SubmissionError("the cursor names no execution", "cursor")
         _check_int("limit", limit, low=1)
+        labels = _checked_labels(labels)
         return await self.store.list_executions(
-            phases=phases, task_type=task_type, unfinalized=unfinalized, limit=limit, before=before
+            phases=phases,
+            task_type=task_type,
+            unfinalized=unfinalized,
+            limit=limit,
+            before=before,
+            labels=labels,
         )
+
+    def checked_labels(self, labels: Mapping[str, str] | None) -> dict[str, str]:
+        """Labels to filter by, refused as a submission's labels are (`SubmissionError`)."""
+        return _checked_labels(labels)
 
     async def events(self, execution_id: str) -> list[EventRecord]:
         if name_problem(execution_id) is not None:

@@ -60,6 +60,7 @@ async def _run(parts: DaemonParts, started: anyio.Event | None) -> None:
         group.start_soon(store.watch_changes, reconciler.wakeup.set)
         group.start_soon(_heartbeat, store, reconciler, settings)
         group.start_soon(parts.scheduler.run)
+        group.start_soon(parts.pruner.run)
         if parts.http is not None:
             group.start_soon(parts.http.run)
         log.info(

@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     #: A TOML, JSON or YAML file of schedules the daemon declares at start-up (README: Schedules).
     schedules_file: Path | None = None
+    #: Retention (README: Retention): finished executions and their events are deleted by the
+    #: daemon this long after they finished, per final phase; unset or 0 keeps them forever.
+    retain_success: Duration | None = None
+    retain_failed: Duration | None = None
+    retain_aborted: Duration | None = None
+    #: How often a daemon looks for executions past their retention, and how many it deletes per
+    #: transaction.
+    prune_interval: Positive = timedelta(minutes=1)
+    prune_batch: int = Field(200, ge=1, le=10_000)
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)
     #: This daemon's name as the owner of its leases and in `executor replicas` (default `host:pid`).

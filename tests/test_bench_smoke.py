@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # `pytest` run as a script does not put the check
     sys.path.insert(0, str(ROOT))
 
 from bench import peers, raw  # noqa: E402
-from bench.catalog import SCENARIOS  # noqa: E402
+from bench.catalog import ON_REQUEST, SCENARIOS  # noqa: E402
 from bench.cli import run  # noqa: E402
 from bench.harness import SMOKE, Report  # noqa: E402
 from executor.core import Phase  # noqa: E402
@@ -30,7 +30,7 @@ from executor.core import Phase  # noqa: E402
 POSTGRES_URL = os.environ.get("EXECUTOR_TEST_POSTGRES_URL")
 #: Scenarios that measure PostgreSQL only (the peers are PostgreSQL queues; replicas racing for
 #: schedules on SQLite would measure its write lock).
-POSTGRES_ONLY = ("peers", "schedules")
+POSTGRES_ONLY = ("peers", "schedules", "long-run")
 
 
 def _run(scenario: str, tmp_path: Path) -> Report:
@@ -57,6 +57,21 @@ def test_scenario_runs(scenario: str, tmp_path: Path) -> None:
     report = _run(scenario, tmp_path)
     if scenario in ("one-round", "history", "memory", "latency"):
         assert report.targets, f"scenario {scenario} checks no target"
+
+
+def test_long_run_runs_shortened(tmp_path: Path) -> None:
+    if not POSTGRES_URL:
+        pytest.skip("the long run is on PostgreSQL: EXECUTOR_TEST_POSTGRES_URL is not set")
+    assert "long-run" in ON_REQUEST and "long-run" not in SCENARIOS  # not part of `make bench`
+    report = _run("long-run", tmp_path)
+    assert {m.subject for m in report.measurements} >= {
+        "executor daemon, first window",
+        "executor daemon, last window",
+    }
+    assert [t.label for t in report.targets] == [
+        "Long run PostgreSQL: pickup p50 last / first <= 1.2",
+        "Long run PostgreSQL: pickup p99 last / first <= 1.2",
+    ]
 
 
 def test_peer_scenario_runs(tmp_path: Path) -> None:

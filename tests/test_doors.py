@@ -467,3 +467,67 @@ def test_replicas_json_and_the_api_show_replicas_in_one_shape(
         2,
         False,
     )
+
+
+def test_the_doors_filter_by_label_and_retry_alike(
+    database_url: str, plugins_dir: Path, tmp_path: Path
+) -> None:
+    """`list --label`, `Client.list_executions(labels=)` and `GET /executions?label=` find the same
+    executions and refuse the same filter; `executor retry`, `History.retry` and
+    `POST /executions/{id}/retry` refuse a running execution for the same reason."""
+    from executor.history import History
+    from executor.store import Submission
+
+    env = door_env(database_url, plugins_dir, Case("labels"))
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "executor", *argv],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    async def seed_and_ask() -> dict[str, Any]:
+        async with daemon_parts(settings_for(env)) as parts:
+            now = time.time()
+            nightly = await parts.store.submit(Submission("echo", labels={"schedule": "nightly"}), now=now)
+            await parts.store.submit(Submission("echo", labels={"schedule": "hourly"}), now=now)
+            found = await parts.client.list_executions(labels={"schedule": "nightly"})
+            with pytest.raises(SubmissionError) as refused:
+                await parts.client.list_executions(labels={"": "x"})
+            retried = await History(parts.client).retry(nightly, by="x")
+            async with asgi_client(parts) as http:
+                listed = await http.get("/api/v1/executions", params={"label": "schedule=nightly"})
+                bad = await http.get("/api/v1/executions", params={"label": "=x"})
+                api_retry = await http.post(f"/api/v1/executions/{nightly}/retry")
+            return {
+                "id": nightly,
+                "client": [r.id for r in found],
+                "client_refusal": str(refused.value),
+                "api": [item["id"] for item in listed.json()["items"]],
+                "api_refusal": bad.json()["error"]["message"],
+                "retry": retried.message,
+                "api_retry": (api_retry.status_code, api_retry.json()["error"]["message"]),
+            }
+
+    import anyio
+
+    seen = anyio.run(seed_and_ask)
+    listed = cli("list", "--json", "--label", "schedule=nightly")
+    assert listed.returncode == 0, listed.stderr
+    assert [item["id"] for item in json.loads(listed.stdout)] == seen["client"] == seen["api"] == [seen["id"]]
+    bad = cli("list", "--label", "=x")
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip() == f"executor: {seen['client_refusal']}"
+        and seen["api_refusal"] == seen["client_refusal"]
+    )
+    retried = cli("retry", seen["id"])
+    assert retried.returncode == 1
+    assert retried.stdout.strip() == f"{seen['id']}: {seen['retry']}"
+    assert seen["api_retry"] == (409, seen["retry"])
+    assert "still running (QUEUED)" in seen["retry"]

@@ -408,7 +408,9 @@ async def test_notify_is_sent_only_when_the_submission_commits(postgres_url: str
 
 
 async def test_a_notify_storm_is_coalesced_into_few_wake_ups(postgres_url: str) -> None:
-    """2,000 separate submissions in about a second reach the loop as at most one wake-up per 50 ms."""
+    """2,000 notifications at once (one transaction, distinct payloads, so PostgreSQL folds none)
+    reach the loop as a few wake-ups: the first few dozen pass at once (a light load's), then at
+    most one per 50 ms (see `Coalescer`; tests/test_wakeups.py holds the rule itself)."""
     store = Store.from_url(postgres_url)
     woken: list[float] = []
     try:
@@ -421,10 +423,9 @@ async def test_a_notify_storm_is_coalesced_into_few_wake_ups(postgres_url: str) 
             woken.clear()
             admin = await asyncpg.connect(plain_url(postgres_url))
             try:
-                started = time.monotonic()
-                for _ in range(2000):
-                    await admin.execute(f"NOTIFY {notify_module.CHANNEL}")
-                elapsed = time.monotonic() - started
+                await admin.execute(
+                    f"SELECT pg_notify('{notify_module.CHANNEL}', n::text) FROM generate_series(1, 2000) n"
+                )
             finally:
                 await admin.close()
             await poll(lambda: woken, lambda w: len(w) >= 1)
@@ -432,8 +433,8 @@ async def test_a_notify_storm_is_coalesced_into_few_wake_ups(postgres_url: str) 
             group.cancel_scope.cancel()
     finally:
         await store.close()
-    assert 1 <= len(woken) <= elapsed / 0.05 + 3, (len(woken), elapsed)
-    gaps = [b - a for a, b in itertools.pairwise(woken)]
+    assert 1 <= len(woken) <= 100, len(woken)
+    gaps = [b - a for a, b in itertools.pairwise(woken[80:])]
     assert all(gap >= 0.045 for gap in gaps), gaps
 
 

@@ -17,6 +17,7 @@ import anyio
 from executor.app.parts import client_for, collect_registry, open_store
 from executor.client import Client
 from executor.core import SetupContext
+from executor.history import Pruner
 from executor.logging import get_logger
 from executor.plugin.registry import LoadedPlugins, PluginRegistry, load_plugins
 from executor.plugin.resources import InProcessResourceManager
@@ -56,6 +57,8 @@ class DaemonParts:
     reconciler: Reconciler
     #: Turns due schedule slots into executions; runs on every replica.
     scheduler: Scheduler
+    #: Deletes finished executions past their retention (EXECUTOR_RETAIN_*); one replica at a time.
+    pruner: Pruner
     #: None when EXECUTOR_HTTP_ADDR is empty.
     http: HttpServer | None
 
@@ -83,7 +86,10 @@ async def daemon_parts(settings: Settings) -> AsyncIterator[DaemonParts]:
         reconciler = Reconciler(store, plugins, settings, resource_manager=resources, observer=metrics)
         metrics.watch_calls(reconciler.calls_in_flight)
         http = HttpServer.from_settings(settings, client=client, plugins=plugins, metrics=metrics)
-        parts = DaemonParts(settings, store, resources, plugins, client, metrics, reconciler, scheduler, http)
+        pruner = Pruner(store, settings)
+        parts = DaemonParts(
+            settings, store, resources, plugins, client, metrics, reconciler, scheduler, pruner, http
+        )
         try:
             yield parts
         finally:

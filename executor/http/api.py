@@ -36,6 +36,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from executor import __version__
 from executor.client import Client, SubmissionError, UnknownTaskTypeError
 from executor.core import Phase
+from executor.http.history import HistoryApi
+from executor.http.history import openapi_paths as history_openapi_paths
 from executor.http.metrics import Metrics
 from executor.http.schedules import ScheduleApi
 from executor.http.schedules import openapi_paths as schedule_openapi_paths
@@ -468,6 +470,7 @@ class Api:
             Route("/openapi.json", self.openapi, methods=["GET"]),
             *ScheduleApi(self.client, PREFIX).routes(),
             *LogApi(self.client).routes(),
+            *HistoryApi(self.client).routes(),
         ]
 
     async def executions(self, request: Request) -> Response:
@@ -538,6 +541,7 @@ class Api:
         unfinalized = _bool_param(params.get("unfinalized"), "unfinalized")
         cursor = params.get("cursor")
         before = decode_cursor(cursor) if cursor else None
+        labels = label_params(params.getlist("label"))
         try:
             records = await self.client.list_executions(
                 phases=phases,
@@ -545,6 +549,7 @@ class Api:
                 unfinalized=unfinalized,
                 limit=limit + 1,
                 before=before,
+                labels=labels,
             )
         except SubmissionError as err:
             raise ApiError(400, "invalid_parameter", str(err), [{"field": err.field}]) from None
@@ -738,6 +743,20 @@ def _phase(name: str) -> Phase:
         raise ApiError(400, "invalid_parameter", f"unknown phase {name!r}; phases: {phases}") from None
 
 
+def label_params(values: list[str]) -> dict[str, str]:
+    """`label=KEY=VALUE` parameters (repeated) as the labels an execution must carry, as the CLI's
+    `--label KEY=VALUE`."""
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ApiError(
+                400, "invalid_parameter", f"label {item!r} is not KEY=VALUE", [{"field": "labels"}]
+            )
+        labels[key] = value
+    return labels
+
+
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
     if value is None:
         return default
@@ -852,6 +871,11 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         _query("task_type", {"type": "string"}, "Only this task type."),
                         _query(
+                            "label",
+                            {"type": "array", "items": {"type": "string", "pattern": "="}},
+                            "Only executions carrying this label, as KEY=VALUE (repeat: all of them).",
+                        ),
+                        _query(
                             "unfinalized",
                             {"type": "boolean"},
                             "Only finished ones whose finalize has not run.",
@@ -942,5 +966,6 @@ def openapi_document() -> dict[str, Any]:
             },
             **schedule_openapi_paths(),
             **log_openapi_paths(),
+            **history_openapi_paths(),
         },
     }

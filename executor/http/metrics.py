@@ -16,7 +16,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from executor import __version__
+from executor import __version__, threadclock
 from executor.core import Phase
 from executor.logging import get_logger
 
@@ -137,6 +137,18 @@ class Metrics:
             ["plugin"],
             registry=r,
         )
+        self.cpu_wait = Counter(
+            "executor_event_loop_cpu_wait_seconds",
+            "Seconds the event loop's thread was ready to run but waited for a CPU (starvation: an "
+            "overloaded machine or a CPU limit; Linux only).",
+            registry=r,
+        )
+        self.starved_steps = Counter(
+            "executor_plugin_steps_starved",
+            "Plugin steps over the blocking limit only because the process waited for a CPU (no "
+            "plugin is blamed for these).",
+            registry=r,
+        )
         self.executions = Gauge(
             "executor_executions",
             "Executions in the store by phase, read at scrape time (the same for every replica).",
@@ -184,6 +196,9 @@ class Metrics:
     def loop_blocked(self, plugin_id: str, seconds: float) -> None:
         self.blocked.labels(plugin=plugin_id).inc()
         self.blocked_seconds.labels(plugin=plugin_id).inc(seconds)
+
+    def loop_starved(self, seconds: float) -> None:
+        self.starved_steps.inc()
 
     def woken(self) -> None:
         self.wakeups.inc()
@@ -234,22 +249,40 @@ class Metrics:
 
         Anything that holds the loop (a plugin calling blocking code, say) delays every timer by
         as long as it holds it; the reconciler names the plugin in a `plugin.blocked_event_loop`
-        warning, this records what every task on the loop felt.
+        warning, this records what every task on the loop felt. A process that is not scheduled
+        is late too, though nothing holds its loop: the thread's wait for a CPU over the same
+        interval (`threadclock`) tells the two apart.
         """
         while True:
+            before = threadclock.snapshot()
             started = time.perf_counter()
             await anyio.sleep(interval)
-            self.observe_lag(max(time.perf_counter() - started - interval, 0.0))
+            elapsed = time.perf_counter() - started
+            waiting = threadclock.spent(before, elapsed).waiting
+            self.cpu_wait.inc(waiting)
+            self.observe_lag(max(elapsed - interval, 0.0), waiting)
 
-    def observe_lag(self, lag: float) -> None:
+    def observe_lag(self, lag: float, waiting_for_cpu: float = 0.0) -> None:
+        """Record a lag sample; warn when it is over the limit, as starvation when the lag was
+        mostly the thread waiting for a CPU (what is left of it is under the limit)."""
         self.loop_lag.observe(lag)
         self.loop_lag_last.set(lag)
         if lag >= LAG_WARNING_SECONDS:
             now = time.monotonic()
             if now - self._lag_logged_at >= _LAG_LOG_EVERY:
                 self._lag_logged_at = now
+                if lag - waiting_for_cpu < LAG_WARNING_SECONDS:
+                    self._log.warning(
+                        "event_loop.starved",
+                        lag_seconds=round(lag, 3),
+                        waiting_for_cpu_seconds=round(waiting_for_cpu, 3),
+                        hint="the process waited for a CPU: the machine is overloaded or the process "
+                        "is throttled (cgroup CPU limit); nothing held the loop",
+                    )
+                    return
                 self._log.warning(
                     "event_loop.lagging",
                     lag_seconds=round(lag, 3),
+                    waiting_for_cpu_seconds=round(waiting_for_cpu, 3),
                     hint="see plugin.blocked_event_loop warnings and executor_plugin_loop_blocked_total",
                 )

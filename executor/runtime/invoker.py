@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from executor import lifecycle
+from executor import lifecycle, threadclock
 from executor.core import Plugin, PluginStateError
 from executor.plugin.task_exec_context import TaskExecContext
 from executor.redaction import REDACTOR
@@ -26,8 +26,11 @@ from executor.runtime.outcome import OUTCOME_LABELS, clean_up_raised, handle_rai
 from executor.runtime.processes import HandledInWorker, ProcessPool, WorkerCleanUpError
 from executor.runtime.tasks import cancel_and_wait
 
-#: A plugin call that holds the event loop longer than this in one step is reported by name.
+#: A plugin call that holds the event loop longer than this in one step is reported by name; a step
+#: that took longer only because the process waited for a CPU is reported as starvation instead.
 BLOCKING_STEP_SECONDS = 0.1
+#: At most one `event_loop.starved` line per this many seconds (the metric counts every step).
+_STARVED_LOG_EVERY = 10.0
 
 
 class Call:
@@ -81,6 +84,7 @@ class Invoker:
         self._threads = anyio.CapacityLimiter(blocking_threads)
         #: The worker processes of `cpu_bound=True` plugins (the loop's: it ends them).
         self._processes = processes
+        self._starved_logged_at = float("-inf")
 
     async def handle(self, calls: list[Call], budget: float) -> asyncio.Task[None] | None:
         """Start every call's `handle` and wait for them up to `budget` seconds.
@@ -277,6 +281,7 @@ class Invoker:
         # `type(...) is` first: an ABC's isinstance costs about as much as a whole echo `handle`.
         if type(coroutine) is not types.CoroutineType and not isinstance(coroutine, Coroutine):
             return False, coroutine
+        before = threadclock.snapshot()
         started = time.perf_counter()
         try:
             awaited = coroutine.send(None)
@@ -285,17 +290,36 @@ class Invoker:
         finally:
             elapsed = time.perf_counter() - started
             if elapsed > BLOCKING_STEP_SECONDS:
-                self._blocked(plugin, tctx, elapsed)
-        return False, stepped(coroutine, awaited, functools.partial(self._blocked, plugin, tctx))
+                self._slow_step(plugin, tctx, threadclock.spent(before, elapsed))
+        return False, stepped(coroutine, awaited, functools.partial(self._slow_step, plugin, tctx))
 
-    def _blocked(self, plugin: Plugin, tctx: TaskExecContext, seconds: float) -> None:
-        self.observer.loop_blocked(plugin.id, seconds)
-        tctx.logger.warning(
-            "plugin.blocked_event_loop",
-            plugin=plugin.id,
-            seconds=round(seconds, 3),
-            hint="declare PluginProperties(blocking=True) or make the call non-blocking",
-        )
+    def _slow_step(self, plugin: Plugin, tctx: TaskExecContext, spent: threadclock.Spent) -> None:
+        """A step over the limit: the plugin's doing when it held the thread that long (running, or
+        blocked in a call it made), else the process's, which waited for a CPU (starvation)."""
+        if spent.held > BLOCKING_STEP_SECONDS:
+            self.observer.loop_blocked(plugin.id, spent.held)
+            tctx.logger.warning(
+                "plugin.blocked_event_loop",
+                plugin=plugin.id,
+                seconds=round(spent.held, 3),
+                cpu_seconds=round(spent.cpu, 3),
+                blocked_seconds=round(spent.blocked, 3),
+                waiting_for_cpu_seconds=round(spent.waiting, 3),
+                hint="declare PluginProperties(blocking=True) or make the call non-blocking",
+            )
+            return
+        self.observer.loop_starved(spent.waiting)
+        now = time.monotonic()
+        if now - self._starved_logged_at >= _STARVED_LOG_EVERY:
+            self._starved_logged_at = now
+            tctx.logger.warning(
+                "event_loop.starved",
+                seconds=round(spent.wall, 3),
+                waiting_for_cpu_seconds=round(spent.waiting, 3),
+                held_seconds=round(spent.held, 3),
+                hint="the process waited for a CPU: the machine is overloaded or the process is "
+                "throttled (cgroup CPU limit); no plugin held the loop",
+            )
 
 
 #: How long a round waits, within its budget, for one more of its calls to finish before it takes
@@ -326,17 +350,20 @@ async def _wait_while_calls_finish(carrier: asyncio.Task[None], calls: list[Call
 
 @types.coroutine
 def stepped(
-    coroutine: Coroutine[Any, Any, Any], awaited: Any, blocked: Callable[[float], None] | None = None
+    coroutine: Coroutine[Any, Any, Any],
+    awaited: Any,
+    slow: Callable[[threadclock.Spent], None] | None = None,
 ) -> Generator[Any, Any, Any]:
     """Go on driving `coroutine`, started by this task and suspended on `awaited`, as `await`
-    would have: what the event loop sends or throws in reaches it. With `blocked`, each step is
-    timed, and one that held the loop too long is reported to it."""
+    would have: what the event loop sends or throws in reaches it. With `slow`, each step is
+    timed, and where the time of one that took too long went is reported to it."""
     while True:
         sent, thrown = None, None
         try:
             sent = yield awaited
         except BaseException as err:  # cancellation and timeouts must reach the plugin's code
             thrown = err
+        before = threadclock.snapshot() if slow is not None else 0.0
         started = time.perf_counter()
         try:
             awaited = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
@@ -344,5 +371,5 @@ def stepped(
             return stop.value
         finally:
             elapsed = time.perf_counter() - started
-            if blocked is not None and elapsed > BLOCKING_STEP_SECONDS:
-                blocked(elapsed)
+            if slow is not None and elapsed > BLOCKING_STEP_SECONDS:
+                slow(threadclock.spent(before, elapsed))

@@ -38,6 +38,13 @@ class Wakeup:
     def set(self) -> None:
         self._event.set()
 
+    def take(self) -> bool:
+        """True, and cleared, when a wake-up came already (during the round that just ended)."""
+        if not self._event.is_set():
+            return False
+        self._event = anyio.Event()
+        return True
+
     async def wait(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True when woken. Clears the wake-up either way."""
         woken = False
@@ -165,7 +172,9 @@ class Reconciler:
                     continue
                 if claimed >= self.settings.batch_size or self._stopping:
                     continue  # more may be due right now
-                if await self.wakeup.wait(await self._idle_delay()):
+                # Woken during the round (a submission committed meanwhile): claim again at once,
+                # without first asking the store when the next execution is due.
+                if self.wakeup.take() or await self.wakeup.wait(await self._idle_delay()):
                     self._observer.woken()
         except BaseException:
             # Cancelled (the shutdown grace ran out): the round still committing goes too, and

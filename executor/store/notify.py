@@ -7,8 +7,10 @@ the only way work is found: a lost one (a dropped connection) costs at most the 
 and the listener wakes the loop after every reconnect in case it missed some.
 
 A burst of notifications (thousands of single submissions a second) must not become a burst of
-claims: `Coalescer` passes on at most one wake-up per `min_interval`, and the loop's own
-`Wakeup` folds those that arrive during a round into one.
+claims, but a lone submission must not wait either: `Coalescer` passes a wake-up on at once while
+notifications come no faster than `busy_rate` a second (an idle or lightly loaded daemon starts a
+round the moment a submission commits), and folds them into one per `min_interval` only above that
+rate. The loop's own `Wakeup` folds those that arrive during a round into one in any case.
 """
 
 from __future__ import annotations
@@ -40,22 +42,50 @@ async def send(conn: AsyncConnection) -> None:
 
 
 class Coalescer:
-    """Passes wake-ups on to `wake`, at most one per `min_interval`; the rest fold into one later."""
+    """Passes wake-ups on to `wake`: each at once under light load, at most one per `min_interval`
+    under load (the rest fold into one later).
 
-    def __init__(self, wake: Callable[[], None], min_interval: float = 0.05) -> None:
+    Load is the rate of notifications, estimated from their spacing (an exponentially weighted mean
+    of the gaps, so one burst neither starts nor ends coalescing on its own). Issue 21 measured what
+    coalescing always cost: at 200 submissions a second, one wake-up per 50 ms made the median
+    pickup 9-30 ms where a wake-up at once takes a few. Under load coalescing costs little latency
+    (rounds run back to back) and saves claims that would each find a handful of rows.
+    """
+
+    def __init__(
+        self,
+        wake: Callable[[], None],
+        min_interval: float = 0.05,
+        busy_rate: float = 1000.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._wake = wake
+        self._clock = clock
         self._min_interval = min_interval
+        #: Notifications a second above which wake-ups are coalesced.
+        self._busy_gap = 1.0 / busy_rate if busy_rate > 0 else float("inf")
         self._last = float("-inf")
+        self._received_at = float("-inf")
+        #: Mean gap between notifications (s), weighted towards the latest; starts idle.
+        self._mean_gap = _IDLE_GAP
         self._pending: asyncio.TimerHandle | None = None
         #: Notifications received and wake-ups passed on (for tests and metrics).
         self.received = 0
         self.delivered = 0
 
+    @property
+    def under_load(self) -> bool:
+        return self._mean_gap < self._busy_gap
+
     def __call__(self, *_: Any) -> None:
         self.received += 1
+        now = self._clock()
+        gap = min(now - self._received_at, _IDLE_GAP)
+        self._received_at = now
+        self._mean_gap = _GAP_WEIGHT * gap + (1 - _GAP_WEIGHT) * self._mean_gap
         if self._pending is not None:
             return  # one wake-up is already on its way
-        wait = self._last + self._min_interval - time.monotonic()
+        wait = self._last + self._min_interval - now if self.under_load else 0.0
         if wait <= 0:
             self._fire()
         else:
@@ -63,7 +93,7 @@ class Coalescer:
 
     def _fire(self) -> None:
         self._pending = None
-        self._last = time.monotonic()
+        self._last = self._clock()
         self.delivered += 1
         self._wake()
 
@@ -71,6 +101,14 @@ class Coalescer:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+
+
+#: Weight of the latest gap in the mean gap between notifications: about the last ten count. From
+#: idle, some sixty notifications back to back start coalescing; at 200 a second it never starts.
+_GAP_WEIGHT = 0.1
+#: The gap an idle listener starts from, and the longest one counted (a quiet hour must not take
+#: the mean thousands of notifications to forget).
+_IDLE_GAP = 1.0
 
 
 async def listen(engine: AsyncEngine, on_wake: Callable[[], None], *, min_interval: float = 0.05) -> None:

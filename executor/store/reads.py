@@ -4,7 +4,7 @@ outside a round: an abort request."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from executor.core import Phase
 from executor.core.records import EventRecord, ExecutionRecord
@@ -35,10 +35,17 @@ class ReadQueries(StoreBase):
         unfinalized: bool = False,
         limit: int = 50,
         before: tuple[float, str] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ExecutionRecord]:
-        """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+        """Newest first; `before` is the (created_at, id) of the last row of the previous page;
+        `labels`: only executions carrying every one of them."""
         query = statements.list_executions(
-            phases=phases, task_type=task_type, unfinalized=unfinalized, limit=limit, before=before
+            phases=phases,
+            task_type=task_type,
+            unfinalized=unfinalized,
+            limit=limit,
+            before=before,
+            labels=labels,
         )
         with guarded:
             async with self.engine.connect() as conn:

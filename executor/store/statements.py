@@ -10,7 +10,7 @@ parameters. Column lists come from `columns.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from executor.core import Phase
 from executor.core.records import encode_json
 from executor.store.columns import EVENT_COLUMNS, EXECUTION_COLUMNS, committed_columns
 from executor.store.dialect import Dialect
+from executor.store.filters import label_clauses
 from executor.store.tables import events, executions
 
 #: Every column, in table order: the claim and the reads return whole records.
@@ -285,6 +286,7 @@ def list_executions(
     unfinalized: bool,
     limit: int,
     before: tuple[float, str] | None,
+    labels: Mapping[str, str] | None = None,
 ) -> Select[Any]:
     """Executions newest first, filtered; `before` is the (created_at, id) of the previous page's
     last row. Built per call: its filters are optional."""
@@ -293,6 +295,8 @@ def list_executions(
         query = query.where(executions.c.phase.in_([int(phase) for phase in phases]))
     if task_type is not None:
         query = query.where(executions.c.task_type == task_type)
+    if labels:
+        query = query.where(*label_clauses(labels))
     if unfinalized:
         # Attempts that ended and still owe their clean-up (`abort`, `finalize`).
         ended = [int(phase) for phase in Phase if phase.is_terminal]

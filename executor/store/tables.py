@@ -39,6 +39,15 @@ Index(
     sqlite_where=text("finalized = 0"),
     postgresql_where=text("NOT finalized"),
 )
+# Finished executions by phase and finish time (migration 0007), for retention: pruning a phase
+# reads only its oldest rows. Partial: running rows are not in it.
+Index(
+    "ix_executions_finished",
+    executions.c.phase,
+    executions.c.finished_at,
+    sqlite_where=text("finished_at IS NOT NULL"),
+    postgresql_where=text("finished_at IS NOT NULL"),
+)
 # A second submission with the same key returns the first execution (NULLs never collide).
 Index("ix_executions_idempotency_key", executions.c.idempotency_key, unique=True)
 

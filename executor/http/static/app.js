@@ -146,10 +146,13 @@ async function loadExecution(id) {
   container.setAttribute("data-phase", execution.phase);
   const error = execution.error ? `${execution.error.code} (${execution.error.kind}): ${execution.error.message}` : null;
   const abortable = !FINAL.has(execution.phase) && !execution.abort_requested;
+  const retryable = (execution.phase === "PERMANENT_FAILURE" || execution.phase === "ABORTED") && execution.finalized;
   container.replaceChildren(...[
     h("h2", { class: "mono" }, execution.id),
     abortable ? h("div", { class: "actions" },
       h("button", { type: "button", id: "abort", onclick: () => abort(execution.id) }, "Abort")) : null,
+    retryable ? h("div", { class: "actions" },
+      h("button", { type: "button", id: "retry", onclick: () => retry(execution.id) }, "Retry")) : null,
     h("dl", {},
       field("task type", execution.task_type),
       field("phase", [badge(execution.phase), ` v${execution.phase_version}`]),
@@ -224,6 +227,18 @@ async function abort(id) {
     await loadExecution(id);
   } catch (err) {
     setStatus(`abort failed: ${err.message}`, true);
+  }
+}
+
+async function retry(id) {
+  // A new attempt of the same execution (POST /executions/{id}/retry); the event says who asked.
+  try {
+    await api(`/executions/${encodeURIComponent(id)}/retry`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ by: "the dashboard" }),
+    });
+    await loadExecution(id);
+  } catch (err) {
+    setStatus(`retry failed: ${err.message}`, true);
   }
 }
 
