@@ -114,11 +114,13 @@ class Settings(BaseSettings):
     #: Retention (README: Retention): finished executions and their events are deleted by the
     #: daemon this long after they finished, per final phase; unset or 0 keeps them forever.
     retain_success: Duration | None = None
+    #: As EXECUTOR_RETAIN_SUCCESS, for executions that ended PERMANENT_FAILURE.
     retain_failed: Duration | None = None
+    #: As EXECUTOR_RETAIN_SUCCESS, for executions that ended ABORTED.
     retain_aborted: Duration | None = None
-    #: How often a daemon looks for executions past their retention, and how many it deletes per
-    #: transaction.
+    #: How often a daemon looks for executions past their retention.
     prune_interval: Positive = timedelta(minutes=1)
+    #: Executions a prune deletes per transaction.
     prune_batch: int = Field(200, ge=1, le=10_000)
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)

@@ -7,7 +7,8 @@
 - `<!-- readme: Heading -->` becomes that section of README.md (down to the next heading of its
   level), its headings shifted under the page's title. The guides operators read live in the README,
   where they are edited beside the code; the site shows them as they are. Links to repository files
-  (not pages of the site) are kept as their text.
+  (not pages of the site) are kept as their text. A `##` section of the README that no page
+  includes (and that is not in `README_ONLY`) is a warning: a new guide reaches the site too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,38 @@ README_MARK = re.compile(r"^<!-- readme: (?P<heading>.+?) -->$", re.MULTILINE)
 HEADING = re.compile(r"^(?P<hashes>#{1,6}) (?P<title>.+)$")
 LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
 #: Defaults computed when the process starts: shown as what they come to, not as this machine's value.
+#: README sections that stay in the README only: the tour's own parts and what the site has elsewhere.
+README_ONLY = {"Documentation", "Writing a plugin", "Remote-service plugins", "Layout", "Tests"}
+_included: set[str] = set()
 COMPUTED_DEFAULTS = {"process_workers": "the number of CPUs", "replica_id": "`host:pid`"}
+
+
+def on_pre_build(config: Any) -> None:
+    _included.clear()
+
+
+def on_post_build(config: Any) -> None:
+    headings = [
+        match["title"].strip()
+        for match in map(HEADING.match, _outside_fences((ROOT / "README.md").read_text(encoding="utf-8")))
+        if match and len(match["hashes"]) == 2
+    ]
+    for heading in headings:
+        if heading not in _included and heading not in README_ONLY:
+            log.warning(
+                "README.md's section %r is on no page of the site (docs/guides: <!-- readme: ... -->)",
+                heading,
+            )
+
+
+def _outside_fences(text: str) -> list[str]:
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -118,6 +150,7 @@ def readme_section(heading: str, page_uri: str) -> str:
     if start is None:
         log.warning("%s: README.md has no section %r", page_uri, heading)
         return ""
+    _included.add(heading)
     section: list[str] = []
     fenced = False
     for line in lines[start:]:
