@@ -45,7 +45,7 @@ imports:
 # settings table from the settings model. `make docs` builds it into site/ in strict mode (also a
 # step of `make test`), so a broken reference, link or undocumented setting fails the tests.
 docs: setup
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # PostgreSQL tests run whenever the server answers; CI (.ci/run) makes sure it does.
 pytest:
