@@ -5,21 +5,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup run test lint typecheck imports pytest clean browser image-test
+.PHONY: setup run test lint typecheck imports docs pytest clean browser image-test
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "executor needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,docs,postgres,ray]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 run: setup
 	$(BIN)/executor run
 
-test: setup browser lint typecheck imports pytest image-test
+test: setup browser lint typecheck imports docs pytest image-test
 
 # The dashboard test drives Debian's Chromium through Playwright (never a browser Playwright would
 # download). Installed once with apt; on a machine that has it this is a single `test -x`.
@@ -41,6 +41,12 @@ typecheck:
 imports:
 	$(BIN)/lint-imports
 
+# The reference site (mkdocs.yml): guides, the contract and the kit from their docstrings, and the
+# settings table from the settings model. `make docs` builds it into site/ in strict mode (also a
+# step of `make test`), so a broken reference, link or undocumented setting fails the tests.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # PostgreSQL tests run whenever the server answers; CI (.ci/run) makes sure it does.
 pytest:
 	@if [ -z "$$EXECUTOR_TEST_POSTGRES_URL" ] && $(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 1)' 2>/dev/null; then \
@@ -58,7 +64,7 @@ image-test: setup
 	$$sudo $(BIN)/python tests/image/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
 
 # Benchmarks print figures; they are not tests. `make bench` installs the bench-only extra (the
 # Python peers, a profiler) and the Node.js peers (`npm ci` in bench/node, when npm is here), runs

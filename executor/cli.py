@@ -15,22 +15,18 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
-
-import anyio
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from executor import __version__
-from executor.app.parts import collect_registry, connect, open_store, task_types
-from executor.client import Client, SchemaError, SubmissionError
-from executor.core import Phase
-from executor.logging import configure_logging
-from executor.plugin.loader import PluginLoadError
-from executor.plugin.registry import PluginRegistryError
-from executor.schedules.model import ScheduleError
-from executor.settings import Settings, SettingsError, load_settings
-from executor.store import AbortResult, StoreRefused, StoreUnavailable, SubmissionFailed
-from executor.store.base import url_without_password
-from executor.views import event_dict, execution_dict, iso, replica_dicts
+
+if TYPE_CHECKING:
+    from executor.client import Client
+    from executor.core import Phase
+    from executor.settings import Settings
+
+# What a command needs is imported inside it, not here: `executor --help`, `get`, `list`, `events`
+# and `submit` must start quickly (tests/test_cli_speed.py holds the figure), and most commands
+# need neither the plugins, nor the daemon, nor Alembic.
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -50,22 +46,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser.parse_args(argv)
     settings: Settings | None = None
     try:
+        from executor.logging import configure_logging
+        from executor.settings import load_settings
+
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         code = args.command(args, settings)
         sys.stdout.flush()  # here, so that a reader gone away is caught below, not at exit
-    except SettingsError as err:
-        code = _fail(str(err), USAGE)
-    except CommandError as err:
-        code = _fail(str(err), err.code)
-    except (PluginLoadError, PluginRegistryError) as err:
-        code = _fail(f"plugins: {err}", USAGE)
-    except SchemaError as err:
-        code = _fail(str(err), REFUSED)
-    except ScheduleError as err:
-        code = _fail(f"schedules: {err}", USAGE)
-    except StoreRefused as err:
-        code = _fail(str(err), REFUSED)
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
@@ -74,13 +61,42 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = OK
     except Exception as err:
+        known = _known_failure(err)
+        if known is not None:
+            code = _fail(*known)
         # The database not answering, however deep in a task group it surfaced: one line naming
         # the setting that points at it (exit 2, as for any setting that cannot work); anything
         # else is a bug, and its traceback is what a report of it needs.
-        if settings is None or not _store_down(err):
+        elif settings is None or not _store_down(err):
             raise
-        code = _fail(_unreachable(settings, err), USAGE)
+        else:
+            code = _fail(_unreachable(settings, err), USAGE)
     sys.exit(code)
+
+
+def _known_failure(err: Exception) -> tuple[str, int] | None:
+    """The one line and exit code of a failure a user can act on; None for anything else.
+
+    The error classes are imported here, once something failed: by then the module that raised
+    one is loaded, and a command that succeeds never pays for the others."""
+    if isinstance(err, CommandError):
+        return str(err), err.code
+    from executor.client import SchemaError
+    from executor.plugin.loader import PluginLoadError
+    from executor.plugin.registry import PluginRegistryError
+    from executor.schedules.model import ScheduleError
+    from executor.settings import SettingsError
+    from executor.store import StoreRefused
+
+    if isinstance(err, SettingsError):
+        return str(err), USAGE
+    if isinstance(err, PluginLoadError | PluginRegistryError):
+        return f"plugins: {err}", USAGE
+    if isinstance(err, SchemaError | StoreRefused):
+        return str(err), REFUSED
+    if isinstance(err, ScheduleError):
+        return f"schedules: {err}", USAGE
+    return None
 
 
 def _fail(message: str, code: int) -> int:
@@ -89,12 +105,17 @@ def _fail(message: str, code: int) -> int:
 
 
 def _store_down(err: BaseException) -> bool:
+    from executor.store import StoreUnavailable
+
     if isinstance(err, BaseExceptionGroup):
         return all(_store_down(inner) for inner in err.exceptions)
     return isinstance(err, StoreUnavailable)
 
 
 def _unreachable(settings: Settings, err: BaseException) -> str:
+    from executor.store import StoreUnavailable, SubmissionFailed
+    from executor.store.base import url_without_password
+
     while isinstance(err, BaseExceptionGroup):
         err = err.exceptions[0]
     url = url_without_password(settings.database_url)
@@ -213,6 +234,8 @@ def _add_command_modules(
 
 
 def _phase(text: str) -> Phase:
+    from executor.core import Phase
+
     try:
         return Phase[text.upper().replace("-", "_")]
     except KeyError:
@@ -252,6 +275,10 @@ def _positive(text: str) -> int:
 def _with_client(
     settings: Settings, body: Callable[[Client], Awaitable[int]], *, with_plugins: bool = False
 ) -> int:
+    import anyio
+
+    from executor.app.parts import connect, task_types
+
     async def go() -> int:
         client = await connect(settings, task_types=task_types(settings) if with_plugins else None)
         try:
@@ -270,6 +297,8 @@ def _print_json(value: Any) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
     from executor.daemon import serve
 
     anyio.run(serve, settings)
@@ -298,6 +327,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     wait_timeout = checked_timeout(args.wait_timeout, "--wait-timeout")  # refused before submitting
     if args.wait_timeout is not None and not args.wait:
         raise CommandError("--wait-timeout needs --wait", USAGE)
+
+    from executor.client import SubmissionError
 
     async def body(client: Client) -> int:
         try:
@@ -332,6 +363,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _get(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.cli_tables import print_fields
+    from executor.views import execution_dict
+
     async def body(client: Client) -> int:
         record = await client.get(args.id)
         if record is None:
@@ -340,10 +374,14 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json(data)
             return OK
-        for key in ("id", "task_type", "phase", "phase_version", "reason", "attempt", "max_attempts"):
-            print(f"{key:<16}{data[key] if data[key] is not None else '-'}")
+        fields: list[tuple[str, object]] = [
+            (key, data[key]) for key in ("id", "task_type", "phase", "phase_version", "reason", "attempt")
+        ]
+        fields.append(("max_attempts", data["max_attempts"]))
         if record.error:
-            print(f"{'error':<16}{record.error.code} ({record.error.kind.value}): {record.error.message}")
+            fields.append(
+                ("error", f"{record.error.code} ({record.error.kind.value}): {record.error.message}")
+            )
         for key in (
             "created_at",
             "updated_at",
@@ -368,8 +406,8 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
             value = data[key]
             if key in _SECONDS and value is not None:
                 value = f"{value:g}s"
-            shown = json.dumps(value) if isinstance(value, dict | list) else value
-            print(f"{key:<16}{shown if shown is not None else '-'}")
+            fields.append((key, json.dumps(value) if isinstance(value, dict | list) else value))
+        print_fields(fields)
         return OK
 
     return _with_client(settings, body)
@@ -380,6 +418,10 @@ _SECONDS = frozenset({"timeout", "deadline", "backoff_base", "backoff_max"})
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.cli_tables import Column, print_table
+    from executor.client import SubmissionError
+    from executor.views import execution_dict, iso
+
     async def body(client: Client) -> int:
         try:
             records = await client.list_executions(
@@ -394,14 +436,21 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json([execution_dict(record) for record in records])
             return OK
-        print(f"{'ID':<38}{'TASK TYPE':<20}{'PHASE':<22}{'ATTEMPT':<9}{'CREATED':<21}REASON")
-        for record in records:
-            created = (iso(record.created_at) or "-")[:19].replace("T", " ")
-            phase = f"{record.phase.name} v{record.phase_version}"
-            print(
-                f"{record.id:<38}{record.task_type[:19]:<20}{phase:<22}{record.attempt:<9}{created:<21}"
-                f"{record.reason or ''}"
-            )
+        columns = [Column("ID"), Column("TASK TYPE"), Column("PHASE"), Column("ATTEMPT"), Column("CREATED")]
+        print_table(
+            [*columns, Column("REASON", wrap=True)],
+            (
+                (
+                    record.id,
+                    record.task_type,
+                    f"{record.phase.name} v{record.phase_version}",
+                    record.attempt,
+                    (iso(record.created_at) or "-")[:19].replace("T", " "),
+                    record.reason or "",
+                )
+                for record in records
+            ),
+        )
         return OK
 
     return _with_client(settings, body)
@@ -419,6 +468,9 @@ def label_filter(items: Sequence[str]) -> dict[str, str]:
 
 
 def _events(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.cli_tables import Column, print_table
+    from executor.views import event_dict
+
     async def body(client: Client) -> int:
         if await client.get(args.id) is None:
             raise CommandError(f"no execution with id {args.id}")
@@ -426,23 +478,26 @@ def _events(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json([event_dict(event) for event in timeline])
             return OK
-        # An ISO time with milliseconds and offset is 29 characters: the columns must be wider.
-        print(f"{'#':<4}{'ATTEMPT':<9}{'PHASE':<28}{'AT':<31}{'LASTED':<12}REASON")
+        rows = []
         for index, event in enumerate(timeline):
-            at = _millis(event.occurred_at)
             following = timeline[index + 1].occurred_at if index + 1 < len(timeline) else None
             lasted = f"{following - event.occurred_at:.3f}s" if following is not None else "-"
-            phase = f"{event.phase.name} v{event.phase_version}"
             reason = event.reason or ""
             if event.error is not None:
                 reason = f"{reason}: {event.error.message}" if reason else event.error.message
-            print(f"{event.seq:<4}{event.attempt:<9}{phase:<28}{at:<31}{lasted:<12}{reason}")
+            phase = f"{event.phase.name} v{event.phase_version}"
+            rows.append((event.seq, event.attempt, phase, _millis(event.occurred_at), lasted, reason))
+        columns = [Column("#"), Column("ATTEMPT"), Column("PHASE"), Column("AT"), Column("LASTED")]
+        print_table([*columns, Column("REASON", wrap=True)], rows)
         return OK
 
     return _with_client(settings, body)
 
 
 def _abort(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.store import AbortResult
+
     async def body(client: Client) -> int:
         try:
             result = await client.abort(args.id, args.reason)
@@ -464,6 +519,8 @@ def _abort(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _plugins(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.app.parts import collect_registry, task_types
+    from executor.cli_tables import Column, print_table
     from executor.queues.commands import paused_task_types
 
     registry = collect_registry(settings)
@@ -487,14 +544,28 @@ def _plugins(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(rows)
         return OK
-    print(f"{'PLUGIN':<20}{'TASK TYPES':<30}{'DEFAULT':<9}{'QUEUE':<12}{'PAUSED':<20}SOURCE")
-    for row in rows:
-        queue = row["queue"] + (" (pin)" if row["pin_to_host"] else "")
-        held = "?" if row["paused"] is None else ", ".join(row["paused"]) or "-"  # `?`: no database
-        print(
-            f"{row['id']:<20}{', '.join(row['task_types']) or '-':<30}{'yes' if row['is_default'] else '':<9}"
-            f"{queue:<12}{held:<20}{row['source']}"
-        )
+    print_table(
+        [
+            Column("PLUGIN"),
+            Column("TASK TYPES", wrap=True),
+            Column("DEFAULT"),
+            Column("QUEUE"),
+            Column("PAUSED", wrap=True),
+            Column("SOURCE", wrap=True),
+        ],
+        (
+            (
+                row["id"],
+                ", ".join(row["task_types"]) or "-",
+                "yes" if row["is_default"] else "",
+                row["queue"] + (" (pin)" if row["pin_to_host"] else ""),
+                # `?`: no database to ask
+                "?" if row["paused"] is None else ", ".join(row["paused"]) or "-",
+                row["source"],
+            )
+            for row in rows
+        ),
+    )
     return OK
 
 
@@ -503,6 +574,7 @@ def _replicas(args: argparse.Namespace, settings: Settings) -> int:
 
     from executor.store.replicas import list_replicas
     from executor.store.stats import lease_holders
+    from executor.views import replica_dicts
 
     # Silent for three heartbeats: gone (killed, or cut off from the database).
     live_within = 3 * settings.heartbeat_interval.total_seconds()
@@ -551,6 +623,10 @@ def _dash(value: object) -> str:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from executor.app.parts import open_store
+
     async def go() -> int:
         from executor.store.migrate import current_revision, upgrade
 

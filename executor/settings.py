@@ -86,14 +86,18 @@ class Settings(BaseSettings):
     #: How often a daemon records that it is alive (`executor replicas`); silent for three of
     #: these, it is shown as gone.
     heartbeat_interval: Annotated[Duration, Field(ge=timedelta(milliseconds=100))] = timedelta(seconds=5)
+    #: Largest plugin state, as JSON bytes; a larger `put` fails the execution `PluginStateTooLarge`.
     max_plugin_state_bytes: int = Field(1024 * 1024, ge=1, le=1024**3)
     #: Attempts an execution gets when its submission does not say.
     default_max_attempts: Count = 1
     #: System failures (raises, timeouts, SYSTEM retryable failures) one attempt may have: the one
     #: that reaches this count fails the execution with MaxSystemFailuresExceeded.
     max_system_failures: Count = 3
+    #: First delay of the exponential backoff (with jitter) between attempts, unless the submission says.
     retry_backoff_base: Positive = timedelta(seconds=1)
+    #: Longest delay of that backoff.
     retry_backoff_max: Positive = timedelta(minutes=5)
+    #: Highest phase version a plugin may report; above it, `TooManyPhaseVersions`.
     max_phase_versions: Count = 1000
     #: How long an attempt may run from its first round when its submission does not say
     #: (unset: no limit); past it the attempt fails `TimeoutExpired` (retryable).
@@ -110,14 +114,17 @@ class Settings(BaseSettings):
     #: Retention (README: Retention): finished executions and their events are deleted by the
     #: daemon this long after they finished, per final phase; unset or 0 keeps them forever.
     retain_success: Duration | None = None
+    #: As EXECUTOR_RETAIN_SUCCESS, for executions that ended PERMANENT_FAILURE.
     retain_failed: Duration | None = None
+    #: As EXECUTOR_RETAIN_SUCCESS, for executions that ended ABORTED.
     retain_aborted: Duration | None = None
-    #: How often a daemon looks for executions past their retention, and how many it deletes per
-    #: transaction.
+    #: How often a daemon looks for executions past their retention.
     prune_interval: Positive = timedelta(minutes=1)
+    #: Executions a prune deletes per transaction.
     prune_batch: int = Field(200, ge=1, le=10_000)
     #: How long a stopping daemon may spend finishing its round.
     shutdown_grace: Duration = timedelta(seconds=30)
+    #: This daemon's name as the owner of its leases and in `executor replicas` (default `host:pid`).
     replica_id: str = Field(default_factory=_default_replica_id)
     #: The queues this replica claims from, comma-separated (`gpu,default`; `default` is the queue
     #: of executions submitted without one); unset: every queue.
@@ -125,11 +132,13 @@ class Settings(BaseSettings):
     #: This replica's host, which outlives its restarts: executions pinned to a host (`pin_to_host`)
     #: are claimed only by replicas that say the same here. Default: the machine's hostname.
     host: str = Field(default_factory=socket.gethostname)
+    #: Lowest level logged: `debug`, `info`, `warning` or `error`.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: `auto`: readable on a terminal, JSON lines otherwise.
     log_format: Literal["auto", "console", "json"] = "auto"
     #: Secrets: environment variables with this prefix, and files in `secrets_dir`.
     secret_env_prefix: str = "EXECUTOR_SECRET_"
+    #: Directory of secret files, one per key, read by `tctx.secret_manager` after the environment.
     secrets_dir: Path | None = None
     #: Quota per resource namespace, overriding what plugins register (JSON object).
     resource_quotas: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] = Field(default_factory=dict)

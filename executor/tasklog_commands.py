@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from executor import cli
-from executor.client import Client
-from executor.settings import Settings
-from executor.tasklogs import NoLogError, log_path, read_log
+
+if TYPE_CHECKING:
+    from executor.client import Client
+    from executor.settings import Settings
 
 
 def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
@@ -28,6 +27,10 @@ def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
 
 
 def _logs(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from executor.tasklogs import NoLogError, log_path, read_log
+
     if not args.interval > 0:
         raise cli.CommandError("--interval must be more than 0", cli.USAGE)
 

@@ -337,3 +337,45 @@ def test_the_command_line_does_not_load_the_loop_or_the_http_stack() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.usefixtures("migrated")
+def test_tables_keep_their_rows_with_multi_line_and_long_values(cli: Cli, sqlite_url: str) -> None:
+    """A reason of several lines, or longer than the screen, wraps inside its column: every row
+    still starts at the left edge and every continuation line sits under the REASON column."""
+    multi_id = ok(cli("submit", "core-sleep", "--inputs", '{"duration": "1h"}')).strip()
+    long_id = ok(cli("submit", "core-sleep", "--inputs", '{"duration": "1h"}')).strip()
+    reason = "stopped by the operator\nsee ticket [bold]OPS-1[/bold]\n\tthird line"
+    ok(cli("abort", multi_id, "--reason", reason))
+    long_reason = "x" * 150 + " " + "y" * 150
+    ok(cli("abort", long_id, "--reason", long_reason))
+    one_round(sqlite_url)
+
+    events = json.loads(ok(cli("events", "--json", multi_id)))
+    assert events[-1]["phase"] == "ABORTED"
+    assert events[-1]["reason"] == reason  # --json is unchanged: the reason as stored
+
+    table = ok(cli("events", multi_id))
+    assert "\x1b" not in table  # no colour or bold when the output is not a terminal
+    header, *lines = table.rstrip("\n").splitlines()
+    reason_column = header.index("REASON")
+    rows = [line for line in lines if not line.startswith(" ")]
+    assert [row.split()[:3] for row in rows] == [["1", "1", "QUEUED"], ["2", "1", "ABORTED"]]
+    aborted = lines.index(rows[1])
+    assert lines[aborted][reason_column:] == "stopped by the operator"
+    continued = lines[aborted + 1 :]
+    assert [line[reason_column:].strip() for line in continued] == [
+        "see ticket [bold]OPS-1[/bold]",
+        "third line",
+    ]
+    assert all(not line[:reason_column].strip() for line in continued)  # nothing spills into other columns
+
+    header, *lines = ok(cli("events", long_id)).rstrip("\n").splitlines()
+    reason_column = header.index("REASON")
+    assert len(lines) > 2  # the long reason wrapped ...
+    assert all(len(line) <= 200 for line in lines)  # ... within the width of piped output
+    assert all(line[0] != " " or not line[:reason_column].strip() for line in lines)
+    assert "".join(line[reason_column:].strip() for line in lines[1:]) == long_reason.replace(" ", "")
+
+    header, *lines = ok(cli("list")).rstrip("\n").splitlines()
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == [long_id, multi_id]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from executor.client import Client, ensure_schema
-from executor.logging import get_logger
-from executor.plugin.loader import PACKAGED_BUILTINS, collect
-from executor.plugin.registry import PluginRegistry, TaskTypeResolver
 from executor.settings import Settings, load_settings
 from executor.store import Store
+
+if TYPE_CHECKING:
+    # Imported where used: `executor get`, `list` and `events` load no plugin, and start faster so.
+    from executor.plugin.registry import PluginRegistry, TaskTypeResolver
 
 
 def open_store(settings: Settings, role: str = "client") -> Store:
@@ -21,6 +23,10 @@ def open_store(settings: Settings, role: str = "client") -> Store:
 
 def collect_registry(settings: Settings) -> PluginRegistry:
     """Import the plugin modules the settings point at into a fresh registry."""
+    from executor.logging import get_logger
+    from executor.plugin.loader import PACKAGED_BUILTINS, collect
+    from executor.plugin.registry import PluginRegistry
+
     registry = PluginRegistry()
     log = get_logger()
 

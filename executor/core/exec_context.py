@@ -17,13 +17,22 @@ StateT = TypeVar("StateT")
 
 @dataclass(frozen=True, slots=True)
 class TaskExecutionMetadata:
+    """Who the execution is: `tctx.task_execution_metadata`, the same in every round of an attempt."""
+
     execution_id: str
+    """The execution's id, as `executor submit` printed it."""
     task_type: str
+    """The task type it was submitted with (one this plugin is registered for)."""
     attempt: int
+    """The attempt being run: 1 for the first, one more after each retryable failure (up to the
+    submission's `max_attempts`). System failures retry the round within the same attempt."""
     created_at: datetime
+    """When the execution was submitted (UTC)."""
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: A name unique to this attempt, stable across rounds: use it to make remote calls idempotent.
+    """The labels it was submitted with."""
     generated_name: str = ""
+    """A name unique to this attempt, stable across rounds: use it to make remote calls idempotent
+    (capped by `PluginProperties.generated_name_max_length`)."""
 
 
 class InputReader(Protocol):

@@ -126,22 +126,27 @@ class PhaseInfo:
 
     @classmethod
     def waiting_for_resources(cls, reason: str | None = None, info: TaskInfo | None = None) -> PhaseInfo:
+        """Not ready to start (a dependency is missing); asked again later."""
         return cls(Phase.WAITING_FOR_RESOURCES, reason=reason, info=info)
 
     @classmethod
     def queued(cls, reason: str | None = None, info: TaskInfo | None = None) -> PhaseInfo:
+        """Waiting for a quota or capacity; asked again no sooner than `EXECUTOR_DEFAULT_REQUEUE`."""
         return cls(Phase.QUEUED, reason=reason, info=info)
 
     @classmethod
     def initializing(cls, reason: str | None = None, info: TaskInfo | None = None) -> PhaseInfo:
+        """Accepted but not started (a remote job waiting in its queue)."""
         return cls(Phase.INITIALIZING, reason=reason, info=info)
 
     @classmethod
     def running(cls, version: int = 0, info: TaskInfo | None = None, reason: str | None = None) -> PhaseInfo:
+        """Starting up (a remote job being provisioned)."""
         return cls(Phase.RUNNING, version=version, reason=reason, info=info)
 
     @classmethod
     def success(cls, info: TaskInfo | None = None) -> PhaseInfo:
+        """Running; a higher `version` than the last one records progress as an event."""
         if info is None and cls is PhaseInfo:
             return _SUCCESS  # frozen, so one serves every plugin that succeeds with nothing to add
         return cls(Phase.SUCCESS, info=info)
@@ -150,14 +155,24 @@ class PhaseInfo:
     def failure(
         cls, code: str, message: str, info: TaskInfo | None = None, *, cleanup_on_failure: bool = False
     ) -> PhaseInfo:
-        """A permanent failure the user caused (bad input, a job that failed): never retried."""
+        """The attempt succeeded: the execution ends `SUCCESS` (then `finalize` runs)."""
+        """A permanent failure the user caused (bad input, a job that failed): never retried.
+
+        The execution ends `PERMANENT_FAILURE`, with `code` as its reason and an `ExecutionError`
+        of USER kind. `cleanup_on_failure=True` runs `abort` before `finalize`.
+        """
         return cls._failed(Phase.PERMANENT_FAILURE, ErrorKind.USER, code, message, info, cleanup_on_failure)
 
     @classmethod
     def retryable_failure(
         cls, code: str, message: str, info: TaskInfo | None = None, *, cleanup_on_failure: bool = False
     ) -> PhaseInfo:
-        """A failure worth another attempt; spends one of the user's attempts."""
+        """A failure worth another attempt; spends one of the user's attempts.
+
+        The attempt ends `RETRYABLE_FAILURE`; after `abort` (when owed) and `finalize`, a new attempt
+        (`TaskExecutionMetadata.attempt` + 1, state and outputs cleared) starts after a backoff,
+        until the submission's `max_attempts`, then `PERMANENT_FAILURE` `MaxRetriesExceeded`.
+        """
         return cls._failed(Phase.RETRYABLE_FAILURE, ErrorKind.USER, code, message, info, cleanup_on_failure)
 
     @classmethod
@@ -171,7 +186,12 @@ class PhaseInfo:
     def system_retryable_failure(
         cls, code: str, message: str, info: TaskInfo | None = None, *, cleanup_on_failure: bool = False
     ) -> PhaseInfo:
-        """A passing platform fault; spends the system-failure budget, not the user's attempts."""
+        """A passing platform fault; spends the system-failure budget, not the user's attempts.
+
+        The round is retried after a backoff within the same attempt, its plugin state kept, as when
+        `handle` raises; at `EXECUTOR_MAX_SYSTEM_FAILURES` in one attempt the execution fails
+        `PERMANENT_FAILURE` `MaxSystemFailuresExceeded`.
+        """
         return cls._failed(Phase.RETRYABLE_FAILURE, ErrorKind.SYSTEM, code, message, info, cleanup_on_failure)
 
     @classmethod
@@ -188,6 +208,7 @@ class PhaseInfo:
         info: TaskInfo | None,
         cleanup_on_failure: bool,
     ) -> PhaseInfo:
+        """The execution was aborted (the daemon reports this itself on `executor abort`)."""
         return cls(
             phase,
             reason=code,

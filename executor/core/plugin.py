@@ -18,22 +18,22 @@ from executor.core.transition import Transition
 class PluginProperties:
     """What a plugin tells the daemon about how to call it."""
 
-    #: The plugin's calls may block (sync I/O, CPU work): they run on a worker thread with an event
-    #: loop of their own, so they can never stall the round for the other executions.
     blocking: bool = False
-    #: The plugin's calls are CPU-bound Python, which a thread cannot take off the loop (the GIL):
-    #: `handle`, `abort` and `finalize` run in a worker process of the daemon's pool
-    #: (EXECUTOR_PROCESS_WORKERS), one call at a time per worker. Only the execution record and
-    #: what the call came to cross the process boundary, as the store's JSON; the plugin object
-    #: in the worker is an instance of its own, loaded there from the same settings.
+    """The plugin's calls may block (sync I/O, CPU work): they run on a worker thread with an event
+    loop of their own, so they can never stall the round for the other executions."""
     cpu_bound: bool = False
-    #: Cap on `TaskExecutionMetadata.generated_name`, for remote systems with short name limits.
+    """The plugin's calls are CPU-bound Python, which a thread cannot take off the loop (the GIL):
+    `handle`, `abort` and `finalize` run in a worker process of the daemon's pool
+    (EXECUTOR_PROCESS_WORKERS), one call at a time per worker. Only the execution record and
+    what the call came to cross the process boundary, as the store's JSON; the plugin object
+    in the worker is an instance of its own, loaded there from the same settings."""
     generated_name_max_length: int | None = None
-    #: For a plugin whose `handle` *is* the work (a function task): how long one call may run.
-    #: A call still running then is ended and its attempt fails `TimeoutExpired` (a user failure,
-    #: retried while attempts remain). None: EXECUTOR_HANDLE_TIMEOUT bounds the call, and one past
-    #: it is a system failure (`HandleTimeout`), as for any plugin whose calls should be short.
+    """Cap on `TaskExecutionMetadata.generated_name`, for remote systems with short name limits."""
     work_timeout: timedelta | None = None
+    """For a plugin whose `handle` *is* the work (a function task): how long one call may run.
+    A call still running then is ended and its attempt fails `TimeoutExpired` (a user failure,
+    retried while attempts remain). None: EXECUTOR_HANDLE_TIMEOUT bounds the call, and one past
+    it is a system failure (`HandleTimeout`), as for any plugin whose calls should be short."""
 
 
 class BackgroundTasks(Protocol):

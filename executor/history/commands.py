@@ -6,14 +6,17 @@ import argparse
 import getpass
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor import cli
-from executor.client import Client, SubmissionError
-from executor.history.retention import retention_of
-from executor.history.service import History, RetryOutcome, older_than_cutoffs
-from executor.settings import Settings
-from executor.views import execution_dict
+
+if TYPE_CHECKING:
+    from executor.client import Client
+    from executor.history.service import History
+    from executor.settings import Settings
+
+# The client, the service and the views are imported by the commands that use them: this module is
+# imported by every command line, to register its commands (tests/test_cli_speed.py).
 
 
 def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
@@ -76,6 +79,8 @@ def _ago(text: str) -> datetime:
 
 
 def _selection(history: History, args: argparse.Namespace) -> Any:
+    from executor.client import SubmissionError
+
     try:
         return history.selection(
             phases=args.phase,
@@ -103,6 +108,9 @@ def _has_filter(args: argparse.Namespace) -> bool:
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.history.service import History
+
     by = args.by or f"{getpass.getuser()} (CLI)"
     if args.ids and (_has_filter(args) or args.all):
         raise cli.CommandError("give execution ids or filters, not both", cli.USAGE)
@@ -146,6 +154,8 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _retry_ids(history: History, args: argparse.Namespace, by: str) -> int:
+    from executor.history.service import RetryOutcome
+
     results = []
     for execution_id in args.ids:
         if args.dry_run:
@@ -171,6 +181,10 @@ def history_refusal(record: Any) -> str | None:
 
 
 def _failures(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.history.service import History
+    from executor.views import execution_dict
+
     async def body(client: Client) -> int:
         history = History(client)
         try:
@@ -198,6 +212,10 @@ def _failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.history.retention import retention_of
+    from executor.history.service import History, older_than_cutoffs
+
     now = time.time()
     if args.older_than is not None:
         try:

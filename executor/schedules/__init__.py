@@ -6,13 +6,33 @@ them for every door; `scheduler` runs in every daemon; `declared` reads code and
 
 from __future__ import annotations
 
-from executor.client import Client, SubmissionError
-from executor.logging import get_logger
-from executor.schedules.declared import declare_schedule, declared_in_code, read_file
-from executor.schedules.model import ScheduleError, ScheduleSpec
-from executor.schedules.scheduler import Scheduler
-from executor.schedules.service import Schedules
-from executor.settings import Settings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from executor.client import Client
+    from executor.schedules.declared import declare_schedule
+    from executor.schedules.model import ScheduleError, ScheduleSpec
+    from executor.schedules.scheduler import Scheduler
+    from executor.schedules.service import Schedules
+    from executor.settings import Settings
+
+#: Imported on first use: `executor schedule ...` is registered on every command line, which must not
+#: pay for the scheduler and the client when it runs `executor get` (tests/test_cli_speed.py).
+_LAZY = {
+    "ScheduleError": "executor.schedules.model",
+    "ScheduleSpec": "executor.schedules.model",
+    "Scheduler": "executor.schedules.scheduler",
+    "Schedules": "executor.schedules.service",
+    "declare_schedule": "executor.schedules.declared",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'executor.schedules' has no attribute {name!r}")
+
 
 __all__ = [
     "ScheduleError",
@@ -29,6 +49,12 @@ async def declare_at_start(client: Client, settings: Settings) -> None:
 
     A bad declaration stops the start-up with its reason, as a broken plugin does.
     """
+    from executor.client import SubmissionError
+    from executor.logging import get_logger
+    from executor.schedules.declared import declared_in_code, read_file
+    from executor.schedules.model import ScheduleError
+    from executor.schedules.service import Schedules
+
     specs = declared_in_code()
     in_code = {spec.name for spec in specs}
     if settings.schedules_file is not None:
@@ -49,6 +75,8 @@ async def declare_at_start(client: Client, settings: Settings) -> None:
 def _refuse_twice_declared(in_code: set[str], in_file: list[ScheduleSpec], path: object) -> None:
     """A name declared twice would leave the stored schedule to whichever came last, silently
     (and differently on replicas that see different files): refused at start-up instead."""
+    from executor.schedules.model import ScheduleError
+
     seen: set[str] = set()
     for spec in in_file:
         if spec.name in in_code:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor import cli
-from executor.client import Client, SubmissionError
-from executor.core import parse_duration
-from executor.schedules.model import ScheduleError, ScheduleSpec
-from executor.schedules.service import Schedules
-from executor.schedules.views import schedule_dict
-from executor.settings import Settings
+
+if TYPE_CHECKING:
+    from executor.client import Client
+    from executor.schedules.model import ScheduleSpec
+    from executor.settings import Settings
+
+# The client, the service and the views are imported by the commands that use them: this module is
+# imported by every command line, to register `executor schedule` (tests/test_cli_speed.py).
 
 
 def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
@@ -59,6 +61,8 @@ def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
 
 
 def _seconds(option: str, text: str | None) -> float | None:
+    from executor.core import parse_duration
+
     if text is None:
         return None
     try:
@@ -78,6 +82,8 @@ def _time(option: str, text: str | None) -> float | None:
 
 
 def _spec(args: argparse.Namespace) -> ScheduleSpec:
+    from executor.schedules.model import ScheduleError
+
     try:
         inputs = json.loads(args.inputs)
     except json.JSONDecodeError as err:
@@ -120,6 +126,11 @@ def _spec(args: argparse.Namespace) -> ScheduleSpec:
 
 
 def _add(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.schedules.model import ScheduleError
+    from executor.schedules.service import Schedules
+    from executor.schedules.views import schedule_dict
+
     spec = _spec(args)
 
     async def body(client: Client) -> int:
@@ -137,6 +148,9 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.schedules.service import Schedules
+    from executor.schedules.views import schedule_dict
+
     async def body(client: Client) -> int:
         rows = await Schedules(client).all()
         if args.json:
@@ -161,6 +175,11 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _action(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+    from executor.schedules.model import ScheduleError
+    from executor.schedules.service import Schedules
+    from executor.schedules.views import schedule_dict
+
     async def body(client: Client) -> int:
         schedules = Schedules(client)
         try:
