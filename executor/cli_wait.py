@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor import cli
-from executor.client import Client, ExecutionNotFoundError, SubmissionError, WaitTimeoutError, wait_seconds
-from executor.core import Phase
-from executor.core.records import ExecutionRecord
-from executor.settings import Settings
-from executor.views import execution_dict
+
+if TYPE_CHECKING:  # imported where used: registering the commands must not load the store
+    from executor.client import Client
+    from executor.core.records import ExecutionRecord
+    from executor.settings import Settings
 
 #: The exit code of a wait whose time ran out, as GNU `timeout` has it.
 TIMED_OUT = 124
@@ -45,6 +45,8 @@ def add_submit_options(submit: argparse.ArgumentParser) -> None:
 
 def checked_timeout(text: str | None, option: str) -> float | None:
     """A wait's timeout, refused before anything is submitted or waited for (exit 2)."""
+    from executor.client import SubmissionError, wait_seconds
+
     try:
         return wait_seconds(text)
     except SubmissionError as err:
@@ -53,6 +55,10 @@ def checked_timeout(text: str | None, option: str) -> float | None:
 
 async def wait_and_print(client: Client, execution_id: str, within: float | None, as_json: bool) -> int:
     """Wait, print the outcome, and return the exit code that says it."""
+    from executor.client import ExecutionNotFoundError, WaitTimeoutError
+    from executor.core import Phase
+    from executor.views import execution_dict
+
     try:
         record = await client.wait(execution_id, timeout=within)
     except ExecutionNotFoundError as err:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from executor import cli
-from executor.app.parts import connect, task_types
-from executor.client import Client, SchemaError, SubmissionError
-from executor.queues.views import paused_dict
-from executor.settings import Settings
-from executor.store import StoreUnavailable
-from executor.store.pauses import PausedTaskType
-from executor.store.sqlite import database_missing
+
+if TYPE_CHECKING:  # imported where used: registering the commands must not load the store
+    from executor.client import Client
+    from executor.settings import Settings
+    from executor.store.pauses import PausedTaskType
 
 
 def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
@@ -43,6 +39,10 @@ def add_commands(commands: Any, as_json: argparse.ArgumentParser) -> None:
 
 
 def _run(settings: Settings, body: Any, *, with_plugins: bool) -> int:
+    import anyio
+
+    from executor.app.parts import connect, task_types
+
     async def go() -> int:
         client = await connect(settings, task_types=task_types(settings) if with_plugins else None)
         try:
@@ -55,6 +55,8 @@ def _run(settings: Settings, body: Any, *, with_plugins: bool) -> int:
 
 
 def _pause(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+
     async def body(client: Client) -> int:
         try:
             changed = await client.pause(args.task_type, args.reason)
@@ -67,6 +69,8 @@ def _pause(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.client import SubmissionError
+
     async def body(client: Client) -> int:
         try:
             changed = await client.resume(args.task_type)
@@ -86,6 +90,8 @@ def _say(args: argparse.Namespace, changed: bool, message: str) -> None:
 
 
 def _paused(args: argparse.Namespace, settings: Settings) -> int:
+    from executor.queues.views import paused_dict
+
     async def body(client: Client) -> int:
         rows = [paused_dict(row) for row in await client.paused()]
         if args.json:
@@ -103,6 +109,13 @@ def paused_task_types(settings: Settings) -> dict[str, PausedTaskType] | None:
     """The paused task types, for `executor plugins`; None when the database does not answer or is
     not migrated (the plugins are still listed: they come from the plugin modules). Listing plugins
     creates no database and migrates none: a SQLite file that does not exist has nothing paused."""
+    import anyio
+
+    from executor.app.parts import connect
+    from executor.client import SchemaError
+    from executor.store import StoreUnavailable
+    from executor.store.sqlite import database_missing
+
     if database_missing(settings.database_url):
         return {}
 
