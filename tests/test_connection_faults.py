@@ -214,7 +214,7 @@ async def test_a_retry_after_a_commit_of_unknown_outcome_finds_it_stored(
     batch = [Submission("echo"), Submission("echo")]
     ids = await store.submit_many(batch, now=time.time())
     # What the retry of that same call does, its ids drawn before the first attempt.
-    again = await store._submit_once(batch, ids, time.time(), True, submissions._Attempt())
+    again = await store._submit_once(batch, ids, [time.time()] * len(batch), True, submissions._Attempt())
     assert again == ids
     assert await _stored(admin) == sorted((i, 1) for i in ids)
 
