@@ -447,7 +447,8 @@ async def test_an_unknown_query_parameter_is_refused_not_ignored(served: Served)
     await served.http.post("/api/v1/executions", json={"task_type": "echo"})
     error = error_of(await served.http.get("/api/v1/executions", params={"phases": "FAILED"}), 400)
     assert error["message"] == (
-        "unknown query parameter 'phases'; this operation takes: cursor, label, limit, phase, task_type, unfinalized"
+        "unknown query parameter 'phases'; this operation takes: "
+        "cursor, label, limit, phase, task_type, unfinalized"
     )
     assert (
         error_of(await served.http.get("/api/v1/plugins", params={"x": "1"}), 400)["code"]
