@@ -81,11 +81,10 @@ async def test_the_remote_job_example_runs_a_job_and_holds_its_quota(
     assert Phase.WAITING_FOR_RESOURCES in phases
 
 
-def test_the_readme_shows_the_remote_job_example_as_it_is() -> None:
-    """Every line of the README's remote-service plugin (bodies elided as `...`, comments aside)
-    is a line of plugins/examples/remote_job.py, the file the restart tests run in the daemon."""
-    readme = (EXAMPLES.parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Remote-service plugins") :]
+def test_the_guide_shows_the_remote_job_example_as_it_is() -> None:
+    """Every line of the remote-service plugins guide's example (bodies elided as `...`, comments
+    aside) is a line of plugins/examples/remote_job.py, the file the restart tests run in the daemon."""
+    section = (EXAMPLES.parent.parent / "docs" / "guides" / "remote-plugins.md").read_text()
     block = section[section.index("```python\n") + len("```python\n") :]
     block = block[: block.index("```")]
     example = {
