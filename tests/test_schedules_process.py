@@ -22,7 +22,6 @@ from executor.core.phase import FINAL_PHASES
 from executor.core.records import ExecutionRecord
 from executor.store import Store
 from executor.store.migrate import upgrade
-from executor.store.schedules import ScheduleStore
 from tests.test_daemon_process import Daemon, daemon_env, executor, poll
 
 pytestmark = pytest.mark.process
@@ -34,7 +33,7 @@ def executions_of(url: str, name: str) -> list[ExecutionRecord]:
     async def read() -> list[ExecutionRecord]:
         store = Store.from_url(url)
         try:
-            return await ScheduleStore(store).executions_labelled({"schedule": name}, limit=10_000)
+            return await store.list_executions(labels={"schedule": name}, limit=10_000)
         finally:
             await store.close()
 
@@ -226,7 +225,7 @@ def _most_at_once(url: str, name: str) -> int:
         store = Store.from_url(url)
         try:
             found = []
-            for record in await ScheduleStore(store).executions_labelled({"schedule": name}, limit=1000):
+            for record in await store.list_executions(labels={"schedule": name}, limit=1000):
                 ends = [e.occurred_at for e in await store.events(record.id) if e.phase in FINAL_PHASES]
                 found.append((record.created_at, min(ends, default=float("inf"))))
             return found

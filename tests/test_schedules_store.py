@@ -49,7 +49,7 @@ class Clock:
 
 async def labelled(store: Store, name: str) -> dict[str, str]:
     """slot label -> execution id, of the executions schedule `name` made."""
-    records = await ScheduleStore(store).executions_labelled({"schedule": name}, limit=10_000)
+    records = await store.list_executions(labels={"schedule": name}, limit=10_000)
     slots = [r.labels["schedule_slot"] for r in records]
     assert len(slots) == len(set(slots)), f"a slot ran twice: {sorted(slots)}"
     return {r.labels["schedule_slot"]: r.id for r in records}

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from executor.core import Phase
 from executor.core.phase import FINAL_PHASES
-from executor.core.records import EventRecord, ExecutionRecord
+from executor.core.records import EventRecord
 from executor.store import notify, postgres
 from executor.store.columns import event_row
 from executor.store.guard import guarded
@@ -382,31 +382,3 @@ class ScheduleStore:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
         return [SlotRow(r.slot_at, r.execution_id, r.fired_at) for r in rows]
-
-    async def executions_labelled(self, labels: Mapping[str, str], limit: int = 50) -> list[ExecutionRecord]:
-        """Executions carrying every one of `labels`, newest first (`executor list --label`)."""
-        clauses, params = [], {}
-        for i, (key, value) in enumerate(labels.items()):
-            if self.store.dialect is postgres.DIALECT:
-                clauses.append(f"CAST(labels AS jsonb) ->> :k{i} = :v{i}")
-            else:
-                clauses.append(f"json_extract(labels, '$.\"' || :k{i} || '\"') = :v{i}")
-            params[f"k{i}"], params[f"v{i}"] = key, value
-        where = " AND ".join(clauses) or "1 = 1"
-        with guarded:
-            async with self._engine.connect() as conn:
-                ids = (
-                    (
-                        await conn.execute(
-                            text(
-                                f"SELECT id FROM executions WHERE {where} "
-                                "ORDER BY created_at DESC LIMIT :limit"
-                            ),
-                            {**params, "limit": limit},
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-        records = [await self.store.get(i) for i in ids]
-        return [r for r in records if r is not None]

@@ -103,7 +103,7 @@ replicas = Table(
     Column("in_flight", Integer, nullable=False),
 )
 
-# Task types paused by `executor pause` (migration 0006): a handful of rows every claim reads once.
+# Task types paused by `executor pause` (migration 0008): a handful of rows every claim reads once.
 paused_task_types = Table(
     "paused_task_types",
     metadata,
